@@ -1,0 +1,143 @@
+"""The ``SYNCACHE`` settings dict, merged over documented defaults.
+
+Read settings through :func:`get_config`; it is cached, and a
+``setting_changed`` receiver resets it so ``override_settings(SYNCACHE=...)``
+works in tests.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from django.conf import settings
+from django.core.signals import setting_changed
+from django.dispatch import receiver
+
+#: Every key ``SYNCACHE`` accepts, with its default. Documented in
+#: ``docs/settings.rst``; keep the two in step.
+DEFAULTS: dict[str, Any] = {
+    # The Django cache alias used as the coordination medium.
+    "CACHE_ALIAS": "default",
+    # Prepended to every key syncache writes, so its keys never collide with
+    # the site's own.
+    "KEY_PREFIX": "syncache",
+    # "expire": a backend error is logged and treated as "expired".
+    # "raise": the error propagates (useful in tests and while debugging).
+    "FAILURE_POLICY": "expire",
+    # Seconds between two log records about failures of the same alias.
+    "LOG_INTERVAL": 60.0,
+    # How many times a bump is retried when a backend dropped the write
+    # (Django's DatabaseCache swallows database errors in set()).
+    "WRITE_RETRIES": 8,
+}
+
+FAILURE_POLICIES = ("expire", "raise")
+
+#: Longest KEY_PREFIX accepted: keeps room under memcached's 250-byte limit
+#: for Django's own prefix and version and for the key itself.
+MAX_KEY_PREFIX_LENGTH = 40
+
+
+@dataclass(frozen=True)
+class Config:
+    """The effective ``SYNCACHE`` settings."""
+
+    cache_alias: str
+    key_prefix: str
+    failure_policy: str
+    log_interval: float
+    write_retries: int
+
+
+class ImproperlyConfiguredSyncache(Exception):
+    """``SYNCACHE`` holds a value syncache cannot use."""
+
+
+def config_problems(raw: object) -> list[str]:
+    """Return a message for each problem in a raw ``SYNCACHE`` value.
+
+    Used by :func:`get_config` and by the system checks, so both report the
+    same thing.
+    """
+    if raw is None:
+        return []
+    if not isinstance(raw, Mapping):
+        return [f"SYNCACHE must be a dict, not {type(raw).__name__}."]
+    problems = [
+        f"SYNCACHE has an unknown key {key!r}; the known keys are "
+        f"{', '.join(sorted(DEFAULTS))}."
+        for key in raw
+        if key not in DEFAULTS
+    ]
+    merged = {**DEFAULTS, **{k: v for k, v in raw.items() if k in DEFAULTS}}
+    alias = merged["CACHE_ALIAS"]
+    if not isinstance(alias, str) or not alias:
+        problems.append(
+            f"SYNCACHE['CACHE_ALIAS'] must be the name of a cache in CACHES, "
+            f"not {alias!r}."
+        )
+    prefix = merged["KEY_PREFIX"]
+    if (
+        not isinstance(prefix, str)
+        or not prefix
+        or len(prefix.encode()) > MAX_KEY_PREFIX_LENGTH
+        or any(ord(c) <= 32 or ord(c) >= 127 for c in prefix)
+    ):
+        problems.append(
+            f"SYNCACHE['KEY_PREFIX'] must be a non-empty string of at most "
+            f"{MAX_KEY_PREFIX_LENGTH} printable ASCII characters without "
+            f"spaces, not {prefix!r}."
+        )
+    if merged["FAILURE_POLICY"] not in FAILURE_POLICIES:
+        problems.append(
+            f"SYNCACHE['FAILURE_POLICY'] must be one of "
+            f"{', '.join(map(repr, FAILURE_POLICIES))}, "
+            f"not {merged['FAILURE_POLICY']!r}."
+        )
+    interval = merged["LOG_INTERVAL"]
+    if (
+        isinstance(interval, bool)
+        or not isinstance(interval, (int, float))
+        or (interval < 0)
+    ):
+        problems.append(
+            f"SYNCACHE['LOG_INTERVAL'] must be a number of seconds >= 0, "
+            f"not {interval!r}."
+        )
+    retries = merged["WRITE_RETRIES"]
+    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+        problems.append(
+            f"SYNCACHE['WRITE_RETRIES'] must be an integer >= 0, not {retries!r}."
+        )
+    return problems
+
+
+@functools.cache
+def get_config() -> Config:
+    """Return the effective settings.
+
+    Raises:
+        ImproperlyConfiguredSyncache: ``SYNCACHE`` is invalid. The system
+            check ``syncache.E001`` reports the same problems at startup.
+    """
+    raw = getattr(settings, "SYNCACHE", None)
+    problems = config_problems(raw)
+    if problems:
+        raise ImproperlyConfiguredSyncache(" ".join(problems))
+    merged = {**DEFAULTS, **(raw or {})}
+    return Config(
+        cache_alias=merged["CACHE_ALIAS"],
+        key_prefix=merged["KEY_PREFIX"],
+        failure_policy=merged["FAILURE_POLICY"],
+        log_interval=float(merged["LOG_INTERVAL"]),
+        write_retries=merged["WRITE_RETRIES"],
+    )
+
+
+@receiver(setting_changed)
+def _reset_config(*, setting: str, **kwargs: object) -> None:
+    if setting in ("SYNCACHE", "CACHES"):
+        get_config.cache_clear()

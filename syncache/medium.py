@@ -1,0 +1,571 @@
+"""The coordination medium: one Django cache alias and what it can do.
+
+This is the only module that talks to a Django cache object. Like Django's
+own ``BaseCache``, :class:`Medium` has a few small primitives (``get``,
+``get_many``, ``add``, ``set``, ``delete``) and builds the generation
+operations (:meth:`Medium.seed`, :meth:`Medium.bump`) from them; a subclass
+per backend overrides only what that backend does better:
+
+* :class:`AtomicMedium` (locmem, memcached): ``incr`` is atomic, so a bump
+  increments from a random 62-bit seed.
+* :class:`DatabaseMedium`: Django's ``DatabaseCache`` silently drops a write
+  the database refused (a busy SQLite file), so every write is confirmed
+  and retried.
+* :class:`RedisMedium` / :class:`DjangoRedisMedium`: the raw redis-py client,
+  one ``MGET`` for many keys, a bump in one ``MULTI`` round trip.
+* the generic :class:`Medium` (file cache and unknown backends): ``incr`` is
+  get-then-set, so a bump writes a fresh random value instead.
+
+Either way every bump writes a value never written before, so holders only
+ever compare with ``!=`` and no clock is involved.
+
+Failures are handled in one place, :meth:`Medium.attempt`: the error is
+logged (at most once per ``LOG_INTERVAL`` per alias) and the caller gets
+:data:`FAILED`, which every caller treats as "expired".
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Final, TypeVar
+
+from django.core.cache import caches
+from django.core.cache.backends.base import BaseCache, InvalidCacheKey
+from django.core.signals import setting_changed
+from django.dispatch import receiver
+
+from syncache.conf import get_config
+
+logger = logging.getLogger("syncache")
+
+T = TypeVar("T")
+
+#: A generation value: an int for everything syncache writes, but whatever a
+#: user stored in the key is compared as it is.
+Generation = Any
+
+
+class _Failed:
+    """The type of :data:`FAILED`."""
+
+    _instance: _Failed | None = None
+
+    def __new__(cls) -> _Failed:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "FAILED"
+
+    def __bool__(self) -> bool:
+        return False
+
+
+#: What :meth:`Medium.attempt` returns when the backend failed: "unknown",
+#: which every caller treats as expired.
+FAILED: Final = _Failed()
+
+
+class WriteNotConfirmed(Exception):
+    """The backend accepted a write but did not store it, even after retries."""
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend can do, as far as syncache's promises go."""
+
+    #: ``add`` stores only when the key is absent, atomically.
+    atomic_add: bool
+    #: ``incr`` is one atomic operation (not Django's get-then-set).
+    atomic_incr: bool
+    #: The owner can delete a key only if it still holds its value.
+    compare_and_delete: bool
+    #: The backend can push messages to other processes.
+    pubsub: bool
+    #: Other processes on the same host see the same data.
+    cross_process: bool
+    #: Processes on other hosts see the same data.
+    cross_host: bool
+
+
+def new_generation() -> int:
+    """Return a random 62-bit generation: never equal to an earlier one.
+
+    62 bits leave room for ``incr`` under a signed 64-bit limit (Redis).
+    """
+    return secrets.randbits(62)
+
+
+#: Suffix of the per-alias epoch key. ``!`` never appears in a key made by
+#: :func:`syncache.keys.make_cache_key`, so no user key can collide with it.
+EPOCH_SUFFIX = "!epoch"
+
+
+class Medium:
+    """One Django cache alias as a coordination medium.
+
+    The generic implementation uses only Django's cache API and assumes
+    nothing is atomic. Keys passed in are syncache keys; Django adds its own
+    ``KEY_PREFIX`` and version as usual.
+    """
+
+    capabilities = Capabilities(
+        atomic_add=False,
+        atomic_incr=False,
+        compare_and_delete=False,
+        pubsub=False,
+        cross_process=True,
+        cross_host=True,
+    )
+
+    def __init__(self, alias: str) -> None:
+        self.alias = alias
+        self.epoch_key = get_config().key_prefix + EPOCH_SUFFIX
+        self._log_lock = threading.Lock()
+        self._next_log_at = 0.0
+        self._failures = 0
+        self._suppressed = 0
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} alias={self.alias!r}>"
+
+    @property
+    def cache(self) -> BaseCache:
+        """The Django cache object; ``caches`` keeps one per thread."""
+        return caches[self.alias]
+
+    # -- primitives -----------------------------------------------------
+
+    def get(self, key: str) -> Generation | None:
+        """Return the value stored at ``key``, or None when it is missing."""
+        return self.cache.get(key)
+
+    def get_many(self, keys: Sequence[str]) -> list[Generation | None]:
+        """Return the values at ``keys``, in order, None where missing.
+
+        The keys are read in order, in one round trip where the backend has
+        a multi-get.
+        """
+        found = self.cache.get_many(keys)
+        return [found.get(key) for key in keys]
+
+    def add(self, key: str, value: Generation) -> bool:
+        """Store ``value`` at ``key`` if it is absent; never expires."""
+        return bool(self.cache.add(key, value, timeout=None))
+
+    def set(self, key: str, value: Generation) -> None:
+        """Store ``value`` at ``key``; never expires."""
+        self.cache.set(key, value, timeout=None)
+
+    def delete(self, key: str) -> None:
+        """Delete ``key``."""
+        self.cache.delete(key)
+
+    # -- generations ------------------------------------------------------
+
+    def seed(self, key: str) -> Generation:
+        """Return the generation at ``key``, creating it when missing.
+
+        A missing key is created with ``add`` (never get-then-set), so
+        concurrent seeders agree on one value where ``add`` is atomic.
+
+        Raises:
+            WriteNotConfirmed: the key kept vanishing (evicted as fast as it
+                was written, or the backend drops writes).
+        """
+        for _ in range(get_config().write_retries + 1):
+            value = new_generation()
+            if self.add(key, value):
+                return value
+            current = self.get(key)
+            if current is not None:
+                return current
+        raise WriteNotConfirmed(
+            f"Could not create the generation key {key!r} in cache "
+            f"{self.alias!r}: it disappeared after every write."
+        )
+
+    def bump(self, key: str) -> Generation:
+        """Write a generation never written before to ``key``; return it.
+
+        The epoch is moved after the generation, so a batched reader that
+        sees the old epoch re-reads the generations next time.
+        """
+        value = new_generation()
+        self.set(key, value)
+        self.touch_epoch()
+        return value
+
+    def invalidate(self, key: str) -> None:
+        """Delete the generation at ``key`` and move the epoch."""
+        self.delete(key)
+        self.touch_epoch()
+
+    def touch_epoch(self) -> None:
+        """Write a fresh epoch for this alias and key prefix."""
+        self.set(self.epoch_key, new_generation())
+
+    def seed_epoch(self) -> Generation | None:
+        """Create the missing epoch; return it if this call surely did.
+
+        A reader that found the epoch missing may trust the generations it
+        read with it only if its own ``add`` then created the epoch: a bump
+        finishing in between would have written the epoch first. Without an
+        atomic ``add`` that cannot be known, so None is returned.
+        """
+        value = new_generation()
+        if self.capabilities.atomic_add:
+            return value if self.add(self.epoch_key, value) else None
+        self.set(self.epoch_key, value)
+        return None
+
+    def get_epoch_and_many(
+        self, keys: Sequence[str]
+    ) -> tuple[Generation | None, list[Generation | None]]:
+        """Read the epoch, then ``keys``, in one round trip where possible.
+
+        The epoch is read first: a writer bumps a generation before the
+        epoch, so an epoch seen unchanged later proves that no bump finished
+        since these generations were read.
+        """
+        values = self.get_many([self.epoch_key, *keys])
+        return values[0], values[1:]
+
+    # -- failure policy -----------------------------------------------------
+
+    def attempt(self, action: str, key: str, operation: Callable[[], T]) -> T | _Failed:
+        """Run ``operation``; on a backend error, log it and return FAILED.
+
+        This is syncache's one failure policy. With
+        ``SYNCACHE["FAILURE_POLICY"] = "raise"`` the error propagates
+        instead. Invalid keys always raise: they are a programming error,
+        not an outage.
+
+        Args:
+            action: What was being done, for the log ("checking", ...).
+            key: The key involved, for the log.
+            operation: The backend call.
+        """
+        try:
+            result = operation()
+        except InvalidCacheKey:
+            raise
+        except Exception as error:
+            if get_config().failure_policy == "raise":
+                raise
+            self._log_failure(action, key, error)
+            return FAILED
+        if self._failures:
+            self._log_recovery()
+        return result
+
+    def _log_failure(self, action: str, key: str, error: Exception) -> None:
+        with self._log_lock:
+            self._failures += 1
+            now = time.monotonic()
+            if now < self._next_log_at:
+                self._suppressed += 1
+                return
+            suppressed, self._suppressed = self._suppressed, 0
+            self._next_log_at = now + get_config().log_interval
+        logger.error(
+            'Unexpected error %s cached synchronization state key "%s" in '
+            "cache %r; treating it as expired. Is the cache server down? "
+            "Error = %s%s",
+            action,
+            key,
+            self.alias,
+            error,
+            f" ({suppressed} similar errors not logged)" if suppressed else "",
+            exc_info=error,
+        )
+
+    def _log_recovery(self) -> None:
+        with self._log_lock:
+            failures, self._failures = self._failures, 0
+            self._suppressed = 0
+            self._next_log_at = 0.0
+        if failures:
+            logger.warning(
+                "Cache %r is answering again after %d failed operations.",
+                self.alias,
+                failures,
+            )
+
+
+class AtomicMedium(Medium):
+    """A backend whose ``add`` and ``incr`` are atomic (locmem, memcached)."""
+
+    capabilities = Capabilities(
+        atomic_add=True,
+        atomic_incr=True,
+        compare_and_delete=False,
+        pubsub=False,
+        cross_process=True,
+        cross_host=True,
+    )
+
+    def incr(self, key: str) -> int:
+        """Increment ``key`` atomically; ValueError when it is missing."""
+        return int(self.cache.incr(key))
+
+    def bump(self, key: str) -> Generation:
+        """Increment the generation; a missing key is seeded at random."""
+        for _ in range(get_config().write_retries + 1):
+            try:
+                value = self.incr(key)
+            except ValueError:
+                seed = new_generation()
+                if not self.add(key, seed):
+                    continue
+                value = seed
+            self.touch_epoch()
+            return value
+        raise WriteNotConfirmed(
+            f"Could not bump the generation key {key!r} in cache "
+            f"{self.alias!r}: it disappeared after every write."
+        )
+
+
+class LocMemMedium(AtomicMedium):
+    """``LocMemCache``: atomic, but visible to this process only."""
+
+    capabilities = Capabilities(
+        atomic_add=True,
+        atomic_incr=True,
+        compare_and_delete=True,
+        pubsub=False,
+        cross_process=False,
+        cross_host=False,
+    )
+
+
+class MemcachedMedium(AtomicMedium):
+    """Memcached: atomic ``add``/``incr``, and ``gets``/``cas``."""
+
+    capabilities = Capabilities(
+        atomic_add=True,
+        atomic_incr=True,
+        compare_and_delete=True,
+        pubsub=False,
+        cross_process=True,
+        cross_host=True,
+    )
+
+
+class FileMedium(Medium):
+    """``FileBasedCache``: nothing atomic, shared by one host's processes."""
+
+    capabilities = Capabilities(
+        atomic_add=False,
+        atomic_incr=False,
+        compare_and_delete=False,
+        pubsub=False,
+        cross_process=True,
+        cross_host=False,
+    )
+
+
+class DatabaseMedium(Medium):
+    """``DatabaseCache``: atomic ``add`` by primary key; writes confirmed.
+
+    Django's ``DatabaseCache.set()`` swallows database errors (a busy
+    SQLite file), so a write can be lost without a trace. Its internal
+    ``_base_set`` reports whether the row was written; every write here
+    goes through it and is retried with a short random back-off.
+    """
+
+    capabilities = Capabilities(
+        atomic_add=True,
+        atomic_incr=False,
+        compare_and_delete=True,
+        pubsub=False,
+        cross_process=True,
+        cross_host=True,
+    )
+
+    def _confirmed_write(self, mode: str, key: str, value: Generation) -> bool:
+        cache: Any = self.cache
+        full_key = cache.make_and_validate_key(key)
+        retries = get_config().write_retries
+        for attempt in range(retries + 1):
+            if cache._base_set(mode, full_key, value, None):
+                return True
+            if mode == "add" and cache.has_key(key):
+                return False
+            if attempt < retries:
+                time.sleep(secrets.randbelow(20 * (attempt + 1)) / 1000)
+        raise WriteNotConfirmed(
+            f"The database behind cache {self.alias!r} refused the write of "
+            f"{key!r} {retries + 1} times (is the database busy or locked?)."
+        )
+
+    def add(self, key: str, value: Generation) -> bool:
+        return self._confirmed_write("add", key, value)
+
+    def set(self, key: str, value: Generation) -> None:
+        self._confirmed_write("set", key, value)
+
+
+_BUMP_NOT_SEEDED = object()
+
+
+class RedisMedium(Medium):
+    """Django's ``RedisCache``, through its raw redis-py client.
+
+    Reads go to the primary (never a replica, which may lag behind a bump).
+    Integers are stored unpickled by Django's serializer, so ``INCR`` works
+    on them and Django's ``cache.get`` reads them back.
+    """
+
+    capabilities = Capabilities(
+        atomic_add=True,
+        atomic_incr=True,
+        compare_and_delete=True,
+        pubsub=True,
+        cross_process=True,
+        cross_host=True,
+    )
+
+    def __init__(self, alias: str) -> None:
+        super().__init__(alias)
+        self._full_keys: dict[str, str] = {}
+
+    def full_key(self, key: str) -> str:
+        """Return the key as Django stores it (prefix and version added)."""
+        try:
+            return self._full_keys[key]
+        except KeyError:
+            full = self._full_keys[key] = self.cache.make_and_validate_key(key)
+            return full
+
+    def client(self) -> Any:
+        """The redis-py client of the primary server."""
+        return self.cache._cache.get_client(None, write=True)  # type: ignore[attr-defined]
+
+    def decode(self, raw: bytes) -> Generation:
+        """Decode a stored value as Django's serializer would."""
+        try:
+            return int(raw)
+        except ValueError:
+            return self.cache._cache._serializer.loads(raw)  # type: ignore[attr-defined]
+
+    def get(self, key: str) -> Generation | None:
+        raw = self.client().get(self.full_key(key))
+        return None if raw is None else self.decode(raw)
+
+    def get_many(self, keys: Sequence[str]) -> list[Generation | None]:
+        if not keys:
+            return []
+        raws = self.client().mget([self.full_key(key) for key in keys])
+        return [None if raw is None else self.decode(raw) for raw in raws]
+
+    def add(self, key: str, value: Generation) -> bool:
+        return bool(self.client().set(self.full_key(key), int(value), nx=True))
+
+    def set(self, key: str, value: Generation) -> None:
+        self.client().set(self.full_key(key), int(value))
+
+    def delete(self, key: str) -> None:
+        self.client().delete(self.full_key(key))
+
+    def bump(self, key: str) -> Generation:
+        """Seed-if-missing, increment and move the epoch: one ``MULTI``."""
+        full = self.full_key(key)
+        pipe = self.client().pipeline(transaction=True)
+        pipe.set(full, new_generation(), nx=True)
+        pipe.incr(full)
+        pipe.set(self.full_key(self.epoch_key), new_generation())
+        _, value, _ = pipe.execute()
+        return int(value)
+
+    def invalidate(self, key: str) -> None:
+        pipe = self.client().pipeline(transaction=True)
+        pipe.delete(self.full_key(key))
+        pipe.set(self.full_key(self.epoch_key), new_generation())
+        pipe.execute()
+
+    def touch_epoch(self) -> None:
+        self.set(self.epoch_key, new_generation())
+
+
+class DjangoRedisMedium(RedisMedium):
+    """django-redis's ``RedisCache`` with its default client."""
+
+    def client(self) -> Any:
+        return self.cache.client.get_client(write=True)  # type: ignore[attr-defined]
+
+    def full_key(self, key: str) -> str:
+        try:
+            return self._full_keys[key]
+        except KeyError:
+            full = self._full_keys[key] = str(self.cache.make_key(key))
+            return full
+
+    def decode(self, raw: bytes) -> Generation:
+        return self.cache.client.decode(raw)  # type: ignore[attr-defined]
+
+
+def _medium_class(cache: BaseCache) -> type[Medium]:
+    """Pick the medium for a cache object by its class."""
+    from django.core.cache.backends.db import DatabaseCache
+    from django.core.cache.backends.filebased import FileBasedCache
+    from django.core.cache.backends.locmem import LocMemCache
+    from django.core.cache.backends.memcached import BaseMemcachedCache
+
+    if isinstance(cache, LocMemCache):
+        return LocMemMedium
+    if isinstance(cache, BaseMemcachedCache):
+        return MemcachedMedium
+    if isinstance(cache, DatabaseCache):
+        return DatabaseMedium
+    if isinstance(cache, FileBasedCache):
+        return FileMedium
+    from django.core.cache.backends.redis import RedisCache
+
+    if isinstance(cache, RedisCache):
+        return RedisMedium
+    module = type(cache).__module__
+    if module.startswith("django_redis"):
+        from django_redis.client import DefaultClient
+
+        if type(cache.client) is DefaultClient:  # type: ignore[attr-defined]
+            return DjangoRedisMedium
+        return AtomicMedium
+    return Medium
+
+
+_media: dict[str, Medium] = {}
+_media_lock = threading.Lock()
+
+
+def get_medium(alias: str | None = None) -> Medium:
+    """Return the medium for a cache alias (default: ``SYNCACHE`` alias).
+
+    Raises:
+        django.core.cache.InvalidCacheBackendError: the alias is not in
+            ``CACHES``. System check ``syncache.E002`` reports it at startup.
+    """
+    if alias is None:
+        alias = get_config().cache_alias
+    try:
+        return _media[alias]
+    except KeyError:
+        pass
+    with _media_lock:
+        if alias not in _media:
+            _media[alias] = _medium_class(caches[alias])(alias)
+        return _media[alias]
+
+
+@receiver(setting_changed)
+def _reset_media(*, setting: str, **kwargs: object) -> None:
+    if setting in ("CACHES", "SYNCACHE"):
+        with _media_lock:
+            _media.clear()

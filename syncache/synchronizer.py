@@ -1,0 +1,288 @@
+"""``GenerationSynchronizer``: a generation id shared through the cache.
+
+Compatible with Djblets' ``djblets.cache.synchronizer.GenerationSynchronizer``
+(same constructor, attributes and methods), with its defects fixed:
+
+* a bump writes a value never written before (an atomic ``incr`` from a
+  random 62-bit seed, or a fresh random value where ``incr`` is not
+  atomic); Djblets seeds from the wall clock, so two processes can seed the
+  same value and a get-then-set increment can go back and forth;
+* expiry is ``stored != held``; no clock is read anywhere;
+* a missing key is expired for every holder and is re-seeded with ``add``;
+* a backend error makes :meth:`~GenerationSynchronizer.is_expired` return
+  True (Djblets returns False: stale data served during an outage).
+
+Checking many synchronizers costs one round trip per cache alias
+(:func:`fetch_generations`), and usually a single small read: see
+:class:`_Snapshot`.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from django.core.cache.backends.base import memcache_key_warnings
+
+from syncache.keys import KeyInput, make_cache_key
+from syncache.medium import FAILED, Generation, Medium, get_medium
+
+
+class GenerationSynchronizer:
+    """Keep a generation id in step across processes and servers.
+
+    Create it with a stable key. A process that changed the shared state
+    calls :meth:`mark_updated`; every other holder then finds
+    :meth:`is_expired` True, recomputes its state, and calls
+    :meth:`refresh`.
+
+    Attributes:
+        cache_key (str): The key of the generation in the cache (before
+            Django adds its ``KEY_PREFIX`` and version).
+        sync_gen: The generation this instance last fetched or wrote; None
+            when unknown (the backend failed), which counts as expired.
+        cache_alias (str | None): The cache alias, or None for
+            ``SYNCACHE["CACHE_ALIAS"]``.
+    """
+
+    def __init__(
+        self,
+        cache_key: KeyInput,
+        normalize_cache_key: bool = True,
+        *,
+        cache_alias: str | None = None,
+    ) -> None:
+        """Create the synchronizer and fetch (or create) the generation.
+
+        Args:
+            cache_key: The key; a string or a sequence of strings.
+            normalize_cache_key: Pass the key through
+                :func:`syncache.keys.make_cache_key`, which namespaces it
+                and makes it valid on every backend. With False the key is
+                used as given and must already be such a key.
+            cache_alias: The Django cache alias to synchronize through.
+
+        Raises:
+            ValueError: ``normalize_cache_key`` is False and ``cache_key`` is
+                not a string that every backend can store.
+        """
+        if normalize_cache_key:
+            cache_key = make_cache_key(cache_key)
+        elif not isinstance(cache_key, str):
+            raise ValueError(
+                f"cache_key must be a string when normalize_cache_key=False, "
+                f"not {type(cache_key).__name__}; pass normalize_cache_key="
+                f"True to build a key from a sequence."
+            )
+        else:
+            problems = list(memcache_key_warnings(cache_key))
+            if problems:
+                raise ValueError(
+                    f"{' '.join(problems)} Pass normalize_cache_key=True to "
+                    f"have syncache make a valid key from it."
+                )
+        self.cache_key: str = cache_key
+        self.cache_alias = cache_alias
+        self.sync_gen: Generation | None = None
+        self.refresh()
+
+    def __repr__(self) -> str:
+        return (
+            f"<{type(self).__name__} key={self.cache_key!r} sync_gen={self.sync_gen!r}>"
+        )
+
+    @property
+    def medium(self) -> Medium:
+        """The coordination medium for this synchronizer's cache alias."""
+        return get_medium(self.cache_alias)
+
+    def is_expired(self) -> bool:
+        """Return whether another process changed the state (one read).
+
+        Returns:
+            True when the stored generation differs from :attr:`sync_gen`,
+            is missing, or cannot be read; False when this instance holds
+            the latest generation.
+        """
+        medium = self.medium
+        stored = medium.attempt(
+            "checking for expiration in",
+            self.cache_key,
+            lambda: medium.get(self.cache_key),
+        )
+        return is_expired_value(stored, self.sync_gen)
+
+    def refresh(self) -> None:
+        """Adopt the stored generation, creating it if it is missing.
+
+        Call it after reloading the state. A backend error leaves
+        :attr:`sync_gen` None (unknown), so the next check is expired.
+        """
+        medium = self.medium
+        stored = medium.attempt(
+            "refreshing", self.cache_key, lambda: medium.seed(self.cache_key)
+        )
+        self.sync_gen = None if stored is FAILED else stored
+
+    def adopt(self, generation: Generation | None) -> None:
+        """Adopt a generation read earlier (by :func:`fetch_generations`).
+
+        Adopting the value read *before* reloading the state, rather than
+        re-reading after, closes the window in which a bump made during the
+        reload would be adopted with stale data. A missing generation is
+        seeded, as in :meth:`refresh`.
+        """
+        if generation is None:
+            self.refresh()
+        else:
+            self.sync_gen = generation
+
+    def clear(self) -> None:
+        """Delete the stored generation: every holder becomes expired."""
+        medium = self.medium
+        medium.attempt(
+            "clearing", self.cache_key, lambda: medium.invalidate(self.cache_key)
+        )
+
+    def mark_updated(self) -> None:
+        """Record a change: every other holder becomes expired.
+
+        This instance adopts the new generation, so it is not expired by its
+        own change. On a backend error the change cannot be recorded; it is
+        logged, and this instance's :attr:`sync_gen` becomes None.
+        """
+        medium = self.medium
+        stored = medium.attempt(
+            "marking as updated",
+            self.cache_key,
+            lambda: medium.bump(self.cache_key),
+        )
+        self.sync_gen = None if stored is FAILED else stored
+
+
+def is_expired_value(stored: object, held: object) -> bool:
+    """Return whether a holder of ``held`` is expired, given ``stored``."""
+    return stored is None or stored is FAILED or stored != held
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    """Generations read together, after the epoch they were read under.
+
+    A writer bumps a generation and then writes a fresh epoch; a reader
+    reads the epoch and then the generations. So while the epoch reads the
+    same as in the snapshot, no bump has finished since the snapshot's
+    generations were read, and they are still current: the check costs one
+    small read whatever the number of synchronizers. A missing epoch is
+    never trusted.
+    """
+
+    epoch: Generation
+    values: dict[str, Generation | None]
+
+
+class _Snapshots:
+    """The latest snapshot per medium, shared by the threads of a process."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_medium: dict[int, tuple[Medium, _Snapshot]] = {}
+
+    def get(self, medium: Medium) -> _Snapshot | None:
+        entry = self._by_medium.get(id(medium))
+        return entry[1] if entry is not None and entry[0] is medium else None
+
+    def put(self, medium: Medium, snapshot: _Snapshot) -> None:
+        with self._lock:
+            self._by_medium[id(medium)] = (medium, snapshot)
+
+    def forget(self, medium: Medium) -> None:
+        with self._lock:
+            self._by_medium.pop(id(medium), None)
+
+
+_snapshots = _Snapshots()
+
+
+def _read_alias(medium: Medium, keys: Sequence[str]) -> list[Generation | None]:
+    """Read the generations at ``keys`` through one medium: one round trip."""
+    snapshot = _snapshots.get(medium)
+    if snapshot is not None:
+        epoch = medium.attempt(
+            "checking the epoch of",
+            medium.epoch_key,
+            lambda: medium.get(medium.epoch_key),
+        )
+        if epoch is FAILED:
+            _snapshots.forget(medium)
+            return [FAILED] * len(keys)
+        if (
+            epoch is not None
+            and epoch == snapshot.epoch
+            and all(key in snapshot.values for key in keys)
+        ):
+            return [snapshot.values[key] for key in keys]
+    read = medium.attempt(
+        "checking for expiration in",
+        keys[0],
+        lambda: medium.get_epoch_and_many(keys),
+    )
+    if read is FAILED:
+        _snapshots.forget(medium)
+        return [FAILED] * len(keys)
+    epoch, values = read
+    if epoch is None:
+        # Missing (never written, evicted or flushed): create it, so the next
+        # check can take the cheap path.
+        epoch = medium.attempt("seeding", medium.epoch_key, lambda: medium.seed_epoch())
+        snapshot = None
+    if epoch is None or epoch is FAILED:
+        _snapshots.forget(medium)
+    else:
+        merged = dict(zip(keys, values, strict=True))
+        if snapshot is not None and snapshot.epoch == epoch:
+            merged = {**snapshot.values, **merged}
+        _snapshots.put(medium, _Snapshot(epoch, merged))
+    return values
+
+
+def fetch_generations(
+    synchronizers: Iterable[GenerationSynchronizer],
+) -> list[Generation | None]:
+    """Read the stored generation of every synchronizer.
+
+    One round trip per cache alias whatever the number of synchronizers,
+    and in the steady state that round trip reads a single small key.
+
+    Generations changed only by writing the key directly (not through
+    syncache) are seen by :meth:`GenerationSynchronizer.is_expired` at
+    once, but here only after the next change made through syncache.
+
+    Returns:
+        The stored generations in the order given; None where a key is
+        missing, :data:`~syncache.medium.FAILED` where the backend failed.
+    """
+    syncs = list(synchronizers)
+    by_medium: dict[int, tuple[Medium, list[int]]] = {}
+    for index, sync in enumerate(syncs):
+        medium = sync.medium
+        by_medium.setdefault(id(medium), (medium, []))[1].append(index)
+    result: list[Generation | None] = [None] * len(syncs)
+    for medium, indexes in by_medium.values():
+        keys = [syncs[index].cache_key for index in indexes]
+        for index, value in zip(indexes, _read_alias(medium, keys), strict=True):
+            result[index] = value
+    return result
+
+
+def expired_many(synchronizers: Iterable[GenerationSynchronizer]) -> list[bool]:
+    """Return, for each synchronizer, whether it is expired (batched).
+
+    See :func:`fetch_generations` for the cost.
+    """
+    syncs = list(synchronizers)
+    return [
+        is_expired_value(stored, sync.sync_gen)
+        for sync, stored in zip(syncs, fetch_generations(syncs), strict=True)
+    ]
