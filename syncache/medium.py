@@ -436,6 +436,7 @@ class RedisMedium(Medium):
     def __init__(self, alias: str) -> None:
         super().__init__(alias)
         self._full_keys: dict[str, str] = {}
+        self._client: Any = None
 
     def full_key(self, key: str) -> str:
         """Return the key as Django stores it (prefix and version added)."""
@@ -446,7 +447,17 @@ class RedisMedium(Medium):
             return full
 
     def client(self) -> Any:
-        """The redis-py client of the primary server."""
+        """The redis-py client of the primary server.
+
+        Built once per medium (a new medium is made when ``CACHES``
+        changes): building one costs more than a round trip, and redis-py
+        clients and their connection pools are thread-safe and fork-aware.
+        """
+        if self._client is None:
+            self._client = self._make_client()
+        return self._client
+
+    def _make_client(self) -> Any:
         return self.cache._cache.get_client(None, write=True)  # type: ignore[attr-defined]
 
     def decode(self, raw: bytes) -> Generation:
@@ -454,7 +465,10 @@ class RedisMedium(Medium):
         try:
             return int(raw)
         except ValueError:
-            return self.cache._cache._serializer.loads(raw)  # type: ignore[attr-defined]
+            return self._decode_pickled(raw)
+
+    def _decode_pickled(self, raw: bytes) -> Generation:
+        return self.cache._cache._serializer.loads(raw)  # type: ignore[attr-defined]
 
     def get(self, key: str) -> Generation | None:
         raw = self.client().get(self.full_key(key))
@@ -498,7 +512,7 @@ class RedisMedium(Medium):
 class DjangoRedisMedium(RedisMedium):
     """django-redis's ``RedisCache`` with its default client."""
 
-    def client(self) -> Any:
+    def _make_client(self) -> Any:
         return self.cache.client.get_client(write=True)  # type: ignore[attr-defined]
 
     def full_key(self, key: str) -> str:
@@ -508,7 +522,7 @@ class DjangoRedisMedium(RedisMedium):
             full = self._full_keys[key] = str(self.cache.make_key(key))
             return full
 
-    def decode(self, raw: bytes) -> Generation:
+    def _decode_pickled(self, raw: bytes) -> Generation:
         return self.cache.client.decode(raw)  # type: ignore[attr-defined]
 
 

@@ -220,9 +220,9 @@ def _read_alias(medium: Medium, keys: Sequence[str]) -> list[Generation | None]:
         if (
             epoch is not None
             and epoch == snapshot.epoch
-            and all(key in snapshot.values for key in keys)
+            and snapshot.values.keys() >= set(keys)
         ):
-            return [snapshot.values[key] for key in keys]
+            return list(map(snapshot.values.__getitem__, keys))
     read = medium.attempt(
         "checking for expiration in",
         keys[0],
@@ -263,15 +263,18 @@ def fetch_generations(
         The stored generations in the order given; None where a key is
         missing, :data:`~syncache.medium.FAILED` where the backend failed.
     """
-    syncs = list(synchronizers)
-    by_medium: dict[int, tuple[Medium, list[int]]] = {}
+    syncs = synchronizers if isinstance(synchronizers, list) else list(synchronizers)
+    by_alias: dict[str | None, list[int]] = {}
     for index, sync in enumerate(syncs):
-        medium = sync.medium
-        by_medium.setdefault(id(medium), (medium, []))[1].append(index)
+        by_alias.setdefault(sync.cache_alias, []).append(index)
+    if len(by_alias) == 1:
+        [alias] = by_alias
+        return _read_alias(get_medium(alias), [sync.cache_key for sync in syncs])
     result: list[Generation | None] = [None] * len(syncs)
-    for medium, indexes in by_medium.values():
+    for alias, indexes in by_alias.items():
         keys = [syncs[index].cache_key for index in indexes]
-        for index, value in zip(indexes, _read_alias(medium, keys), strict=True):
+        values = _read_alias(get_medium(alias), keys)
+        for index, value in zip(indexes, values, strict=True):
             result[index] = value
     return result
 
@@ -281,8 +284,8 @@ def expired_many(synchronizers: Iterable[GenerationSynchronizer]) -> list[bool]:
 
     See :func:`fetch_generations` for the cost.
     """
-    syncs = list(synchronizers)
+    syncs = synchronizers if isinstance(synchronizers, list) else list(synchronizers)
     return [
-        is_expired_value(stored, sync.sync_gen)
+        stored is None or stored is FAILED or stored != sync.sync_gen
         for sync, stored in zip(syncs, fetch_generations(syncs), strict=True)
     ]
