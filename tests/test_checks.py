@@ -1,0 +1,90 @@
+"""Each system check id, triggered and not triggered."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from django.core import checks
+from django.test import override_settings
+
+LOCMEM = "django.core.cache.backends.locmem.LocMemCache"
+REDIS = "django.core.cache.backends.redis.RedisCache"
+
+
+def _ids(**settings: Any) -> list[str]:
+    with override_settings(**settings):
+        return sorted(
+            message.id
+            for message in checks.run_checks(tags=["syncache"])
+            if message.id and message.id.startswith("syncache.")
+        )
+
+
+def _caches(backend: str, **extra: Any) -> dict[str, Any]:
+    return {"default": {"BACKEND": backend, **extra}}
+
+
+def test_e001_bad_settings() -> None:
+    assert _ids(SYNCACHE={"NOPE": 1}) == ["syncache.E001"]
+    assert _ids(SYNCACHE={"FAILURE_POLICY": "x", "LOG_INTERVAL": -1}) == [
+        "syncache.E001",
+        "syncache.E001",
+    ]
+
+
+def test_e002_unknown_alias() -> None:
+    with override_settings(SYNCACHE={"CACHE_ALIAS": "shared"}):
+        [message] = [
+            m for m in checks.run_checks(tags=["syncache"]) if m.id == "syncache.E002"
+        ]
+    assert "'shared'" in message.msg
+    assert "default" in (message.hint or "")
+
+
+def test_e003_dummy_cache() -> None:
+    ids = _ids(CACHES=_caches("django.core.cache.backends.dummy.DummyCache"))
+    assert ids == ["syncache.E003"]
+
+
+def test_w001_locmem() -> None:
+    assert _ids(CACHES=_caches(LOCMEM)) == ["syncache.W001"]
+
+
+def test_w002_file(tmp_path: Any) -> None:
+    backend = "django.core.cache.backends.filebased.FileBasedCache"
+    assert _ids(CACHES=_caches(backend, LOCATION=str(tmp_path))) == ["syncache.W002"]
+
+
+def test_w003_long_django_key_prefix() -> None:
+    assert _ids(CACHES=_caches(LOCMEM, KEY_PREFIX="p" * 60)) == [
+        "syncache.W001",
+        "syncache.W003",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("backend", "options", "expected"),
+    [
+        (REDIS, {}, ["syncache.W004"]),
+        (REDIS, {"socket_timeout": 0.5}, []),
+        ("django_redis.cache.RedisCache", {}, ["syncache.W004"]),
+        ("django_redis.cache.RedisCache", {"SOCKET_TIMEOUT": 0.5}, []),
+        ("django.core.cache.backends.memcached.PyMemcacheCache", {}, ["syncache.W004"]),
+        (
+            "django.core.cache.backends.memcached.PyMemcacheCache",
+            {"timeout": 0.5},
+            [],
+        ),
+    ],
+)
+def test_w004_no_client_timeout(
+    backend: str, options: dict[str, Any], expected: list[str]
+) -> None:
+    caches = _caches(backend, LOCATION="127.0.0.1:1", OPTIONS=options)
+    assert _ids(CACHES=caches) == expected
+
+
+def test_database_cache_is_clean() -> None:
+    caches = _caches("django.core.cache.backends.db.DatabaseCache", LOCATION="t")
+    assert _ids(CACHES=caches) == []
