@@ -11,23 +11,35 @@ from typing import Any
 from django.apps import AppConfig
 from django.conf import settings
 from django.core import checks
+from django.utils.module_loading import import_string
 
 from syncache.conf import config_problems, get_config
 from syncache.keys import DEFAULT_MAX_LENGTH, MEMCACHED_MAX_KEY_LENGTH
 
-_DUMMY = "django.core.cache.backends.dummy.DummyCache"
-_LOCMEM = "django.core.cache.backends.locmem.LocMemCache"
-_FILE = "django.core.cache.backends.filebased.FileBasedCache"
-_DJANGO_REDIS = "django.core.cache.backends.redis.RedisCache"
-_PYMEMCACHE = "django.core.cache.backends.memcached.PyMemcacheCache"
-
-#: For each backend, the OPTIONS keys any one of which bounds how long a
-#: request waits for a server that stopped answering.
+#: For each backend class path, the OPTIONS keys any one of which bounds how
+#: long a request waits for a server that stopped answering.
 _TIMEOUT_OPTIONS: dict[str, tuple[str, ...]] = {
-    _DJANGO_REDIS: ("socket_timeout",),
+    "django.core.cache.backends.redis.RedisCache": ("socket_timeout",),
     "django_redis.cache.RedisCache": ("SOCKET_TIMEOUT",),
-    _PYMEMCACHE: ("timeout",),
+    "django.core.cache.backends.memcached.PyMemcacheCache": ("timeout",),
 }
+
+
+def _is_backend(backend: type | None, path: str) -> bool:
+    """Whether ``backend`` is the class at ``path`` or a subclass of it."""
+    if backend is None:
+        return False
+    try:
+        return issubclass(backend, import_string(path))
+    except ImportError:
+        return False
+
+
+def _timeout_options(backend: type | None) -> tuple[str, ...]:
+    for path, names in _TIMEOUT_OPTIONS.items():
+        if _is_backend(backend, path):
+            return names
+    return ()
 
 
 def check_settings(
@@ -57,9 +69,12 @@ def check_cache_backend(
                 id="syncache.E002",
             )
         ]
-    backend = config.get("BACKEND", "")
+    try:
+        backend: type | None = import_string(config.get("BACKEND", ""))
+    except ImportError:
+        backend = None  # Django's own cache checks report it.
     messages: list[checks.CheckMessage] = []
-    if backend == _DUMMY:
+    if _is_backend(backend, "django.core.cache.backends.dummy.DummyCache"):
         messages.append(
             checks.Error(
                 f"Cache {alias!r} is a DummyCache: it stores nothing, so no "
@@ -70,7 +85,7 @@ def check_cache_backend(
                 id="syncache.E003",
             )
         )
-    elif backend == _LOCMEM:
+    elif _is_backend(backend, "django.core.cache.backends.locmem.LocMemCache"):
         messages.append(
             checks.Warning(
                 f"Cache {alias!r} is a LocMemCache: it is private to one "
@@ -80,7 +95,7 @@ def check_cache_backend(
                 id="syncache.W001",
             )
         )
-    elif backend == _FILE:
+    elif _is_backend(backend, "django.core.cache.backends.filebased.FileBasedCache"):
         messages.append(
             checks.Warning(
                 f"Cache {alias!r} is a FileBasedCache: it is shared only by the "
@@ -104,8 +119,10 @@ def check_cache_backend(
                 id="syncache.W003",
             )
         )
-    timeout_options = _TIMEOUT_OPTIONS.get(backend)
-    options = config.get("OPTIONS", {})
+    timeout_options = _timeout_options(backend)
+    options: object = config.get("OPTIONS", {})
+    if not isinstance(options, dict):
+        options = {}
     if timeout_options and not any(name in options for name in timeout_options):
         messages.append(
             checks.Warning(

@@ -36,8 +36,8 @@ DEFAULTS: dict[str, Any] = {
 
 FAILURE_POLICIES = ("expire", "raise")
 
-#: Longest KEY_PREFIX accepted: keeps room under memcached's 250-byte limit
-#: for Django's own prefix and version and for the key itself.
+#: The longest KEY_PREFIX accepted. It keeps room under memcached's 250-byte
+#: limit for Django's own prefix and version and for the key itself.
 MAX_KEY_PREFIX_LENGTH = 40
 
 

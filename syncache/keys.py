@@ -28,7 +28,7 @@ MEMCACHED_MAX_KEY_LENGTH = 250
 
 #: The default budget for the key syncache builds. The rest of the 250 bytes
 #: is left for Django's ``KEY_PREFIX`` and version (``"<prefix>:<version>:"``);
-#: system check ``syncache.W005`` reports a prefix that does not fit.
+#: system check ``syncache.W003`` reports a prefix that does not fit.
 DEFAULT_MAX_LENGTH = 200
 
 #: How much of an over-long key is kept, readable, before its hash.

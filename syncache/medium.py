@@ -67,8 +67,8 @@ class _Failed:
         return False
 
 
-#: What :meth:`Medium.attempt` returns when the backend failed: "unknown",
-#: which every caller treats as expired.
+#: The result of :meth:`Medium.attempt` when the backend failed. It means
+#: "unknown", which every caller treats as expired.
 FAILED: Final = _Failed()
 
 

@@ -13,8 +13,8 @@ Compatible with Djblets' ``djblets.cache.synchronizer.GenerationSynchronizer``
   True (Djblets returns False: stale data served during an outage).
 
 Checking many synchronizers costs one round trip per cache alias
-(:func:`fetch_generations`), and usually a single small read: see
-:class:`_Snapshot`.
+(:func:`fetch_generations`), and usually a single small read of a
+per-alias epoch (see the backends page of the documentation).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from django.core.cache.backends.base import memcache_key_warnings
 
 from syncache.keys import KeyInput, make_cache_key
-from syncache.medium import FAILED, Generation, Medium, get_medium
+from syncache.medium import FAILED, Generation, Medium, _Failed, get_medium
 
 
 class GenerationSynchronizer:
@@ -133,7 +133,9 @@ class GenerationSynchronizer:
         reload would be adopted with stale data. A missing generation is
         seeded, as in :meth:`refresh`.
         """
-        if generation is None:
+        if generation is FAILED:
+            self.sync_gen = None
+        elif generation is None:
             self.refresh()
         else:
             self.sync_gen = generation
@@ -228,7 +230,7 @@ def _read_alias(medium: Medium, keys: Sequence[str]) -> list[Generation | None]:
         keys[0],
         lambda: medium.get_epoch_and_many(keys),
     )
-    if read is FAILED:
+    if isinstance(read, _Failed):
         _snapshots.forget(medium)
         return [FAILED] * len(keys)
     epoch, values = read
