@@ -3,7 +3,9 @@
 The public API is re-exported here; see the documentation for each name.
 """
 
+from syncache.hooks import clear_on_change, invalidate, invalidate_on_commit
 from syncache.keys import make_cache_key
+from syncache.local import CacheIdError, LocalSyncCache, check_all, checked
 from syncache.medium import FAILED, Capabilities, WriteNotConfirmed, get_medium
 from syncache.synchronizer import (
     GenerationSynchronizer,
@@ -13,12 +15,19 @@ from syncache.synchronizer import (
 
 __all__ = [
     "FAILED",
+    "CacheIdError",
     "Capabilities",
     "GenerationSynchronizer",
+    "LocalSyncCache",
     "WriteNotConfirmed",
+    "check_all",
+    "checked",
+    "clear_on_change",
     "expired_many",
     "fetch_generations",
     "get_medium",
+    "invalidate",
+    "invalidate_on_commit",
     "make_cache_key",
 ]
 

@@ -15,3 +15,4 @@ class SyncacheConfig(AppConfig):
 
         checks.register(syncache_checks.check_settings, "syncache")
         checks.register(syncache_checks.check_cache_backend, "syncache", "caches")
+        checks.register(syncache_checks.check_middleware, "syncache")

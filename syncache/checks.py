@@ -52,6 +52,28 @@ def check_settings(
     ]
 
 
+def check_middleware(
+    app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
+) -> list[checks.CheckMessage]:
+    """W005: LocalSyncCache instances exist but nothing checks them."""
+    from syncache.local import LocalSyncCache
+    from syncache.middleware import MIDDLEWARE_PATH
+
+    if not len(LocalSyncCache.CACHES) or MIDDLEWARE_PATH in settings.MIDDLEWARE:
+        return []
+    ids = ", ".join(repr(cache.id) for cache in LocalSyncCache.CACHES)
+    return [
+        checks.Warning(
+            f"LocalSyncCache instances exist ({ids}) but {MIDDLEWARE_PATH} is "
+            f"not in MIDDLEWARE: nothing empties them when another process "
+            f"clears them, so requests serve stale values.",
+            hint=f"Add {MIDDLEWARE_PATH!r} near the top of MIDDLEWARE. Outside "
+            f"requests, wrap work in syncache.checked().",
+            id="syncache.W005",
+        )
+    ]
+
+
 def check_cache_backend(
     app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
 ) -> list[checks.CheckMessage]:

@@ -29,6 +29,9 @@ DEFAULTS: dict[str, Any] = {
     "FAILURE_POLICY": "expire",
     # Seconds between two log records about failures of the same alias.
     "LOG_INTERVAL": 60.0,
+    # Seconds between two request-start checks in one process; 0 checks at
+    # every request. Above 0, a change can go unseen for that long.
+    "CHECK_INTERVAL": 0.0,
     # How many times a bump is retried when a backend dropped the write
     # (Django's DatabaseCache swallows database errors in set()).
     "WRITE_RETRIES": 8,
@@ -49,6 +52,7 @@ class Config:
     key_prefix: str
     failure_policy: str
     log_interval: float
+    check_interval: float
     write_retries: int
 
 
@@ -97,16 +101,17 @@ def config_problems(raw: object) -> list[str]:
             f"{', '.join(map(repr, FAILURE_POLICIES))}, "
             f"not {merged['FAILURE_POLICY']!r}."
         )
-    interval = merged["LOG_INTERVAL"]
-    if (
-        isinstance(interval, bool)
-        or not isinstance(interval, (int, float))
-        or (interval < 0)
-    ):
-        problems.append(
-            f"SYNCACHE['LOG_INTERVAL'] must be a number of seconds >= 0, "
-            f"not {interval!r}."
-        )
+    for name in ("LOG_INTERVAL", "CHECK_INTERVAL"):
+        interval = merged[name]
+        if (
+            isinstance(interval, bool)
+            or not isinstance(interval, (int, float))
+            or interval < 0
+        ):
+            problems.append(
+                f"SYNCACHE[{name!r}] must be a number of seconds >= 0, "
+                f"not {interval!r}."
+            )
     retries = merged["WRITE_RETRIES"]
     if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
         problems.append(
@@ -133,6 +138,7 @@ def get_config() -> Config:
         key_prefix=merged["KEY_PREFIX"],
         failure_policy=merged["FAILURE_POLICY"],
         log_interval=float(merged["LOG_INTERVAL"]),
+        check_interval=float(merged["CHECK_INTERVAL"]),
         write_retries=merged["WRITE_RETRIES"],
     )
 

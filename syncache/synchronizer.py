@@ -20,6 +20,7 @@ per-alias epoch (see the backends page of the documentation).
 from __future__ import annotations
 
 import threading
+import weakref
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -52,6 +53,7 @@ class GenerationSynchronizer:
         normalize_cache_key: bool = True,
         *,
         cache_alias: str | None = None,
+        lazy: bool = False,
     ) -> None:
         """Create the synchronizer and fetch (or create) the generation.
 
@@ -62,6 +64,10 @@ class GenerationSynchronizer:
                 and makes it valid on every backend. With False the key is
                 used as given and must already be such a key.
             cache_alias: The Django cache alias to synchronize through.
+            lazy: Do not read the generation now; :attr:`sync_gen` stays
+                None (expired) until :meth:`refresh` or :meth:`adopt`. For
+                objects made while Django loads the apps, when no cache
+                should be touched yet.
 
         Raises:
             ValueError: ``normalize_cache_key`` is False and ``cache_key`` is
@@ -85,7 +91,9 @@ class GenerationSynchronizer:
         self.cache_key: str = cache_key
         self.cache_alias = cache_alias
         self.sync_gen: Generation | None = None
-        self.refresh()
+        _registry.add(self)
+        if not lazy:
+            self.refresh()
 
     def __repr__(self) -> str:
         return (
@@ -163,6 +171,15 @@ class GenerationSynchronizer:
         self.sync_gen = None if stored is FAILED else stored
 
 
+#: Every live synchronizer of this process, for ``manage.py syncache``.
+_registry: weakref.WeakSet[GenerationSynchronizer] = weakref.WeakSet()
+
+
+def all_synchronizers() -> list[GenerationSynchronizer]:
+    """Return every live synchronizer of this process."""
+    return list(_registry)
+
+
 def is_expired_value(stored: object, held: object) -> bool:
     """Return whether a holder of ``held`` is expired, given ``stored``."""
     return stored is None or stored is FAILED or stored != held
@@ -207,8 +224,13 @@ class _Snapshots:
 _snapshots = _Snapshots()
 
 
-def _read_alias(medium: Medium, keys: Sequence[str]) -> list[Generation | None]:
+def _read_alias(
+    medium: Medium, keys: Sequence[str], fresh: bool = False
+) -> list[Generation | None]:
     """Read the generations at ``keys`` through one medium: one round trip."""
+    if fresh:
+        values = medium.attempt("reading", keys[0], lambda: medium.get_many(keys))
+        return [FAILED] * len(keys) if isinstance(values, _Failed) else values
     snapshot = _snapshots.get(medium)
     if snapshot is not None:
         epoch = medium.attempt(
@@ -250,7 +272,7 @@ def _read_alias(medium: Medium, keys: Sequence[str]) -> list[Generation | None]:
 
 
 def fetch_generations(
-    synchronizers: Iterable[GenerationSynchronizer],
+    synchronizers: Iterable[GenerationSynchronizer], *, fresh: bool = False
 ) -> list[Generation | None]:
     """Read the stored generation of every synchronizer.
 
@@ -260,6 +282,11 @@ def fetch_generations(
     Generations changed only by writing the key directly (not through
     syncache) are seen by :meth:`GenerationSynchronizer.is_expired` at
     once, but here only after the next change made through syncache.
+
+    Args:
+        synchronizers: The synchronizers to read for.
+        fresh: Read every key itself, bypassing the epoch: for reports that
+            must show what is stored, including direct writes.
 
     Returns:
         The stored generations in the order given; None where a key is
@@ -271,11 +298,12 @@ def fetch_generations(
         by_alias.setdefault(sync.cache_alias, []).append(index)
     if len(by_alias) == 1:
         [alias] = by_alias
-        return _read_alias(get_medium(alias), [sync.cache_key for sync in syncs])
+        keys = [sync.cache_key for sync in syncs]
+        return _read_alias(get_medium(alias), keys, fresh)
     result: list[Generation | None] = [None] * len(syncs)
     for alias, indexes in by_alias.items():
         keys = [syncs[index].cache_key for index in indexes]
-        values = _read_alias(get_medium(alias), keys)
+        values = _read_alias(get_medium(alias), keys, fresh)
         for index, value in zip(indexes, values, strict=True):
             result[index] = value
     return result

@@ -1,0 +1,129 @@
+"""Model integration: clear caches and bump synchronizers on commit.
+
+:func:`clear_on_change` connects a target (a ``LocalSyncCache``, a
+``GenerationSynchronizer`` or any callable) to ``post_save``,
+``post_delete`` and ``m2m_changed`` of some models. The target is
+invalidated when the transaction that changed the rows commits (at once
+when there is none), and not at all when it rolls back: before the commit
+other processes would only reload the old rows.
+
+``QuerySet.update()``, ``bulk_create()`` and ``bulk_update()`` send no
+signals; call :func:`invalidate_on_commit` after them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+from django.apps import apps
+from django.db import models, transaction
+from django.db.models.signals import m2m_changed, post_delete, post_save
+
+from syncache.local import LocalSyncCache
+from syncache.synchronizer import GenerationSynchronizer
+
+Target = LocalSyncCache | GenerationSynchronizer | Callable[[], object]
+
+_M2M_ACTIONS = frozenset({"post_add", "post_remove", "post_clear"})
+
+
+def invalidate(target: Target) -> None:
+    """Invalidate ``target`` now, in every process."""
+    if isinstance(target, LocalSyncCache):
+        target.clear()
+    elif isinstance(target, GenerationSynchronizer):
+        target.mark_updated()
+    elif callable(target):
+        target()
+    else:
+        raise TypeError(
+            f"Cannot invalidate {target!r}: pass a LocalSyncCache, a "
+            f"GenerationSynchronizer or a callable."
+        )
+
+
+def invalidate_on_commit(*targets: Target, using: str | None = None) -> None:
+    """Invalidate ``targets`` when the current transaction on ``using`` commits.
+
+    At once outside a transaction; never if it rolls back. Call it after
+    ``QuerySet.update()``, ``bulk_create()`` or ``bulk_update()``.
+    """
+    for target in targets:
+        _check_target(target)
+        transaction.on_commit(partial(invalidate, target), using=using, robust=True)
+
+
+def _check_target(target: object) -> None:
+    if not isinstance(target, (LocalSyncCache, GenerationSynchronizer)) and not (
+        callable(target)
+    ):
+        raise TypeError(
+            f"{target!r} cannot be invalidated: pass a LocalSyncCache, a "
+            f"GenerationSynchronizer or a callable."
+        )
+
+
+def _label(model: type[models.Model] | str) -> tuple[str, str]:
+    if isinstance(model, str):
+        try:
+            app_label, model_name = model.split(".")
+        except ValueError:
+            raise ValueError(
+                f"Name models as 'app_label.ModelName', not {model!r}."
+            ) from None
+        return app_label, model_name.lower()
+    if isinstance(model, type) and issubclass(model, models.Model):
+        return model._meta.app_label, model._meta.model_name or ""
+    raise TypeError(f"Expected a model class or 'app_label.ModelName', not {model!r}.")
+
+
+def clear_on_change(target: Target, *models_: type[models.Model] | str) -> Target:
+    """Invalidate ``target`` on commit whenever rows of ``models_`` change.
+
+    Models may be classes or ``"app_label.ModelName"`` strings (so a cache
+    declared in a model's own class body can name its model); they are
+    connected once the app registry has them. Returns ``target``, so it can
+    wrap a declaration::
+
+        _url_cache = clear_on_change(LocalSyncCache("urls"), "pages.Page")
+
+    Raises:
+        TypeError: ``target`` cannot be invalidated, or a model is neither a
+            class nor a string.
+        ValueError: a model string is not ``"app_label.ModelName"``.
+    """
+    _check_target(target)
+    if not models_:
+        raise ValueError("clear_on_change() needs at least one model.")
+    for model in models_:
+        apps.lazy_model_operation(
+            lambda resolved, target=target: _connect(target, resolved), _label(model)
+        )
+    return target
+
+
+def _connect(target: Target, model: type[models.Model]) -> None:
+    uid = f"syncache:{id(target)}:{model._meta.label}"
+
+    def changed(sender: Any, using: str | None = None, **kwargs: Any) -> None:
+        invalidate_on_commit(target, using=using)
+
+    def m2m(
+        sender: Any,
+        instance: Any,
+        action: str,
+        model: type[models.Model],
+        using: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if action in _M2M_ACTIONS and (
+            isinstance(instance, watched) or issubclass(model, watched)
+        ):
+            invalidate_on_commit(target, using=using)
+
+    watched = model
+    post_save.connect(changed, sender=model, weak=False, dispatch_uid=uid + ":save")
+    post_delete.connect(changed, sender=model, weak=False, dispatch_uid=uid + ":delete")
+    m2m_changed.connect(m2m, weak=False, dispatch_uid=uid + ":m2m")
