@@ -333,8 +333,11 @@ class BackendRegistry:
             from django.test import override_settings
 
             config = cache_config(name, key_prefix="setup")
+            # The first test to use the table may run inside pytest-django's
+            # TestCase, whose guard forbids this alias: lift it here too.
             with (
                 self._db_blocker.unblock(),
+                _allow_queries(alias),
                 override_settings(CACHES={"default": config}),
             ):
                 call_command("createcachetable", database=alias, verbosity=0)
