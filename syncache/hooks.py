@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 from django.apps import apps
 from django.db import models, transaction
@@ -25,6 +25,8 @@ from syncache.local import LocalSyncCache
 from syncache.synchronizer import GenerationSynchronizer
 
 Target = LocalSyncCache | GenerationSynchronizer | Callable[[], object]
+
+TargetT = TypeVar("TargetT", bound=Target)
 
 _M2M_ACTIONS = frozenset({"post_add", "post_remove", "post_clear"})
 
@@ -79,7 +81,7 @@ def _label(model: type[models.Model] | str) -> tuple[str, str]:
     raise TypeError(f"Expected a model class or 'app_label.ModelName', not {model!r}.")
 
 
-def clear_on_change(target: Target, *models_: type[models.Model] | str) -> Target:
+def clear_on_change(target: TargetT, *models_: type[models.Model] | str) -> TargetT:
     """Invalidate ``target`` on commit whenever rows of ``models_`` change.
 
     Models may be classes or ``"app_label.ModelName"`` strings (so a cache

@@ -34,6 +34,8 @@ import time
 import traceback
 import weakref
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from operator import attrgetter
 from typing import Any, ClassVar, TypeVar
 
 from django.apps import apps
@@ -42,7 +44,11 @@ from django.db import transaction
 from syncache.conf import get_config
 from syncache.keys import make_cache_key
 from syncache.medium import FAILED, get_medium
-from syncache.synchronizer import GenerationSynchronizer, fetch_generations
+from syncache.synchronizer import (
+    GenerationSynchronizer,
+    fetch_generations,
+    read_generations,
+)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -63,6 +69,17 @@ class CacheIdError(ValueError, AssertionError):
     """
 
 
+@dataclass(frozen=True)
+class _Views:
+    """The registry prepared for :func:`check_all`, rebuilt on changes."""
+
+    syncs: list[GenerationSynchronizer]
+    refs: list[weakref.ref[LocalSyncCache]]
+    #: Per cache alias: the keys (one list object, reused on every check)
+    #: and the positions of their synchronizers in ``syncs``.
+    groups: list[tuple[str | None, list[str], list[int]]]
+
+
 class _Registry:
     """Every live ``LocalSyncCache``, held weakly, in creation order.
 
@@ -75,7 +92,7 @@ class _Registry:
         self._lock = threading.Lock()
         self._numbers = itertools.count()
         self._entries: dict[int, tuple[weakref.ref[LocalSyncCache], Any]] = {}
-        self._views: tuple[list[Any], list[weakref.ref[LocalSyncCache]]] | None = None
+        self._views: _Views | None = None
         self._stale: dict[int, weakref.ref[LocalSyncCache]] = {}
         #: How many times :func:`check_all` checked every instance, and when
         #: it last did (``time.monotonic()``).
@@ -108,14 +125,22 @@ class _Registry:
             self._stale.clear()
             self._views = None
 
-    def views(self) -> tuple[list[Any], list[weakref.ref[LocalSyncCache]]]:
+    def views(self) -> _Views:
         views = self._views
         if views is None:
             with self._lock:
                 entries = list(self._entries.values())
-                views = self._views = (
-                    [sync for _, sync in entries],
-                    [ref for ref, _ in entries],
+                syncs = [sync for _, sync in entries]
+                by_alias: dict[str | None, list[int]] = {}
+                for index, sync in enumerate(syncs):
+                    by_alias.setdefault(sync.cache_alias, []).append(index)
+                views = self._views = _Views(
+                    syncs=syncs,
+                    refs=[ref for ref, _ in entries],
+                    groups=[
+                        (alias, [syncs[i].cache_key for i in indexes], indexes)
+                        for alias, indexes in by_alias.items()
+                    ],
                 )
         return views
 
@@ -130,7 +155,7 @@ class _Registry:
         return [cache for ref in refs if (cache := ref()) is not None]
 
     def __iter__(self) -> Iterator[LocalSyncCache]:
-        return iter([c for ref in self.views()[1] if (c := ref()) is not None])
+        return iter([c for ref in self.views().refs if (c := ref()) is not None])
 
     def __len__(self) -> int:
         return len(list(iter(self)))
@@ -367,11 +392,12 @@ class LocalSyncCache(dict):  # type: ignore[type-arg]
         """Describe every live instance: one dict each (one read per alias).
 
         Keys: ``instance``, ``id``, ``length``, ``size`` (bytes of the dict
-        itself, ``sys.getsizeof``), ``generation`` (in the shared cache,
-        None when missing or unreadable), ``sync_gen`` (held here),
-        ``cleared`` (``clear()`` was called here), the counters,
-        ``init_counter``, and ``last_checked`` / ``last_cleared`` as seconds
-        ago (None when never).
+        itself, ``sys.getsizeof``), ``generation`` (in the shared cache:
+        None when missing, :data:`~syncache.medium.FAILED` when
+        unreadable), ``sync_gen`` (held here), ``cleared`` (``clear()``
+        was called here), the counters, ``init_counter``, and
+        ``last_checked`` / ``last_cleared`` as seconds ago (None when
+        never).
         """
         instances = list(LocalSyncCache.CACHES)
         stored = fetch_generations([i._sync for i in instances], fresh=True)
@@ -412,6 +438,10 @@ class LocalSyncCache(dict):  # type: ignore[type-arg]
         return "\n".join(lines)
 
 
+_sync_gen = attrgetter("sync_gen")
+
+_sync_gen = attrgetter("sync_gen")
+
 _last_check = (float("-inf"), 0)
 
 
@@ -432,15 +462,21 @@ def check_all(*, force: bool = False) -> None:
             return
     serial = next(_serials)
     registry = LocalSyncCache.CACHES
-    syncs, refs = registry.views()
-    if syncs:
-        for index, (sync, stored) in enumerate(
-            zip(syncs, fetch_generations(syncs), strict=True)
-        ):
-            if stored is None or stored is FAILED or stored != sync.sync_gen:
-                cache = refs[index]()
+    views = registry.views()
+    for alias, keys, indexes in views.groups:
+        stored = read_generations(get_medium(alias), keys)
+        syncs = (
+            views.syncs if len(views.groups) == 1 else [views.syncs[i] for i in indexes]
+        )
+        held = list(map(_sync_gen, syncs))
+        # The common case, nothing changed, in one C-level comparison.
+        if stored == held and None not in stored:
+            continue
+        for position, (value, sync) in enumerate(zip(stored, syncs, strict=True)):
+            if value is None or value is FAILED or value != sync.sync_gen:
+                cache = views.refs[indexes[position]]()
                 if cache is not None:
-                    cache._apply(stored, serial)
+                    cache._apply(value, serial)
     registry.check_count += 1
     for cache in registry.pop_stale():
         cache._clear_stale(serial)

@@ -19,6 +19,7 @@ per-alias epoch (see the backends page of the documentation).
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import weakref
 from collections.abc import Iterable, Sequence
@@ -199,6 +200,10 @@ class _Snapshot:
 
     epoch: Generation
     values: dict[str, Generation | None]
+    #: The key list of the latest read, and its values in that order: a
+    #: caller that passes the same list object again gets them at once.
+    keys: Sequence[str] = ()
+    ordered: list[Generation | None] = dataclasses.field(default_factory=list)
 
 
 class _Snapshots:
@@ -224,10 +229,16 @@ class _Snapshots:
 _snapshots = _Snapshots()
 
 
-def _read_alias(
+def read_generations(
     medium: Medium, keys: Sequence[str], fresh: bool = False
 ) -> list[Generation | None]:
-    """Read the generations at ``keys`` through one medium: one round trip."""
+    """Read the generations at ``keys`` through one medium: one round trip.
+
+    The steady state reads the epoch only. Passing the same ``keys`` list
+    object on every call (as :func:`syncache.check_all` does) makes that
+    path independent of the number of keys; the returned list may then be
+    shared with the next call, so do not modify it.
+    """
     if fresh:
         values = medium.attempt("reading", keys[0], lambda: medium.get_many(keys))
         return [FAILED] * len(keys) if isinstance(values, _Failed) else values
@@ -241,12 +252,15 @@ def _read_alias(
         if epoch is FAILED:
             _snapshots.forget(medium)
             return [FAILED] * len(keys)
-        if (
-            epoch is not None
-            and epoch == snapshot.epoch
-            and snapshot.values.keys() >= set(keys)
-        ):
-            return list(map(snapshot.values.__getitem__, keys))
+        if epoch is not None and epoch == snapshot.epoch:
+            if keys is snapshot.keys:
+                return snapshot.ordered
+            if snapshot.values.keys() >= set(keys):
+                ordered = list(map(snapshot.values.__getitem__, keys))
+                _snapshots.put(
+                    medium, dataclasses.replace(snapshot, keys=keys, ordered=ordered)
+                )
+                return ordered
     read = medium.attempt(
         "checking for expiration in",
         keys[0],
@@ -267,7 +281,7 @@ def _read_alias(
         merged = dict(zip(keys, values, strict=True))
         if snapshot is not None and snapshot.epoch == epoch:
             merged = {**snapshot.values, **merged}
-        _snapshots.put(medium, _Snapshot(epoch, merged))
+        _snapshots.put(medium, _Snapshot(epoch, merged, keys, values))
     return values
 
 
@@ -299,11 +313,11 @@ def fetch_generations(
     if len(by_alias) == 1:
         [alias] = by_alias
         keys = [sync.cache_key for sync in syncs]
-        return _read_alias(get_medium(alias), keys, fresh)
+        return list(read_generations(get_medium(alias), keys, fresh))
     result: list[Generation | None] = [None] * len(syncs)
     for alias, indexes in by_alias.items():
         keys = [syncs[index].cache_key for index in indexes]
-        values = _read_alias(get_medium(alias), keys, fresh)
+        values = read_generations(get_medium(alias), keys, fresh)
         for index, value in zip(indexes, values, strict=True):
             result[index] = value
     return result

@@ -145,7 +145,7 @@ def test_dropped_instances_do_not_leak(fresh_registry: _Registry) -> None:
         LocalSyncCache(id=f"dropped-{i}")
     gc.collect()
     assert list(LocalSyncCache.CACHES) == [kept]
-    assert len(fresh_registry.views()[0]) == 1
+    assert len(fresh_registry.views().syncs) == 1
     LocalSyncCache(id="dropped-0")  # the id is free again
 
 

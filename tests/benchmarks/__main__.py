@@ -59,6 +59,7 @@ def configure(redis_url: str) -> None:
 
     settings.configure(
         INSTALLED_APPS=["syncache"],
+        ALLOWED_HOSTS=["testserver"],
         CACHES={
             "default": {
                 "BACKEND": "django.core.cache.backends.redis.RedisCache",
@@ -129,6 +130,83 @@ def run(number: int, repeat: int) -> list[Row]:
                 None,
             )
         )
+    rows.extend(local_cache_rows(client, get_time, number, repeat))
+    return rows
+
+
+def _commands_processed(client: Any) -> int:
+    return int(client.info("stats")["total_commands_processed"])
+
+
+def local_cache_rows(
+    client: Any, get_time: float, number: int, repeat: int
+) -> list[Row]:
+    """LocalSyncCache reads, and the middleware's per-request check."""
+    import timeit
+
+    from django.http import HttpResponse
+    from django.test import RequestFactory
+
+    from syncache import LocalSyncCache
+    from syncache.middleware import LocalSyncCacheMiddleware
+
+    rows = []
+    local = LocalSyncCache(id="bench-hit")
+    local["key"] = "value"
+    plain = {"key": "value"}
+    loops = number * 200
+
+    def hit(target: object) -> float:
+        timer = timeit.Timer("d['key']", globals={"d": target})
+        return min(timer.repeat(repeat, loops)) / loops
+
+    class EmptySubclass(dict):  # type: ignore[type-arg]
+        """The floor for any dict subclass: CPython specializes ``d[k]``
+        only for exact dicts."""
+
+    local_hit = hit(local)
+    rows.append(
+        Row(
+            "LocalSyncCache hit", "subclass", local_hit, hit(EmptySubclass(plain)), 1.05
+        )
+    )
+    rows.append(
+        Row("  LocalSyncCache hit (reference)", "dict hit", local_hit, hit(plain), None)
+    )
+
+    request = RequestFactory().get("/")
+    response = HttpResponse()
+    middleware = LocalSyncCacheMiddleware(lambda request: response)
+    for count in (1, 10, 100, 1000):
+        caches = [LocalSyncCache(id=f"bench-mw-{count}-{i}") for i in range(count)]
+        middleware(request)
+        before = _commands_processed(client)
+        middleware(request)
+        trips = _commands_processed(client) - before - 1  # minus the INFO
+        rows.append(
+            Row(
+                f"middleware, {count} caches ({trips} round trip)",
+                "raw GET",
+                measure(lambda: middleware(request), number, repeat),
+                get_time,
+                2.0 if count == 100 else None,
+            )
+        )
+        if count <= 100:
+            rows.append(
+                Row(
+                    f"  naive loop, {count} caches (reference)",
+                    "raw GET",
+                    measure(
+                        lambda caches=caches: [c.check_state() for c in caches],
+                        max(1, number // count),
+                        repeat,
+                    ),
+                    get_time,
+                    None,
+                )
+            )
+        del caches
     return rows
 
 
@@ -143,8 +221,8 @@ def report(rows: list[Row], path: Path, quick: bool) -> None:
         if row.target:
             verdict = "ok" if row.ratio <= row.target else "MISSED"
         print(
-            f"{row.name:38} {row.seconds * 1e6:9.1f} {row.baseline:>10} "
-            f"{row.baseline_seconds * 1e6:9.1f} {row.ratio:6.2f}x {target:>7} "
+            f"{row.name:42} {row.seconds * 1e6:9.3f} {row.baseline:>10} "
+            f"{row.baseline_seconds * 1e6:9.3f} {row.ratio:6.2f}x {target:>7} "
             f"{verdict}"
         )
     payload = {
