@@ -290,6 +290,11 @@ class LocalSyncCache(dict):  # type: ignore[type-arg]
     # -- state ----------------------------------------------------------------
 
     @property
+    def synchronizer(self) -> GenerationSynchronizer:
+        """The synchronizer on this instance's generation key."""
+        return self._sync
+
+    @property
     def cache_key(self) -> str:
         """The generation key in the shared cache."""
         return self._sync.cache_key

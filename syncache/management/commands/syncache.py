@@ -91,7 +91,7 @@ def _qualified_name(cls: type) -> str:
 
 def _internal_synchronizers() -> list[GenerationSynchronizer]:
     """The synchronizers owned by registered ``LocalSyncCache`` instances."""
-    return [cache._sync for cache in LocalSyncCache.CACHES]
+    return [cache.synchronizer for cache in LocalSyncCache.CACHES]
 
 
 def listed_synchronizers() -> list[GenerationSynchronizer]:
