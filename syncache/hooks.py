@@ -14,14 +14,13 @@ signals; call :func:`invalidate_on_commit` after them.
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import partial
 from typing import Any, TypeVar
 
 from django.apps import apps
-from django.db import models, transaction
+from django.db import models
 from django.db.models.signals import m2m_changed, post_delete, post_save
 
-from syncache.local import LocalSyncCache
+from syncache.local import LocalSyncCache, on_commit_once
 from syncache.synchronizer import GenerationSynchronizer
 
 Target = LocalSyncCache | GenerationSynchronizer | Callable[[], object]
@@ -46,15 +45,33 @@ def invalidate(target: Target) -> None:
         )
 
 
+class _Invalidation:
+    """The on-commit callback for one target; equal for the same target, so
+    :func:`~syncache.local.on_commit_once` schedules it once per commit."""
+
+    def __init__(self, target: Target) -> None:
+        self.target = target
+
+    def __call__(self) -> None:
+        invalidate(self.target)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Invalidation) and other.target is self.target
+
+    def __hash__(self) -> int:
+        return id(self.target)
+
+
 def invalidate_on_commit(*targets: Target, using: str | None = None) -> None:
     """Invalidate ``targets`` when the current transaction on ``using`` commits.
 
-    At once outside a transaction; never if it rolls back. Call it after
+    At once outside a transaction; never if it rolls back; once per target
+    however many times it is asked within one transaction. Call it after
     ``QuerySet.update()``, ``bulk_create()`` or ``bulk_update()``.
     """
     for target in targets:
         _check_target(target)
-        transaction.on_commit(partial(invalidate, target), using=using, robust=True)
+        on_commit_once(_Invalidation(target), using)
 
 
 def _check_target(target: object) -> None:

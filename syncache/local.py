@@ -61,6 +61,22 @@ _checked_serial: contextvars.ContextVar[int] = contextvars.ContextVar(
 )
 
 
+def on_commit_once(func: Callable[[], object], using: str | None = None) -> None:
+    """Run ``func`` when the transaction on ``using`` commits, once.
+
+    Like ``transaction.on_commit`` (at once outside a transaction, never on
+    rollback), but a callback equal to one already waiting for the same
+    commit is not added again: a transaction that saves a thousand rows
+    invalidates once.
+    """
+    connection = transaction.get_connection(using)
+    if connection.in_atomic_block and any(
+        entry[1] == func for entry in connection.run_on_commit
+    ):
+        return
+    transaction.on_commit(func, using=using, robust=True)
+
+
 class CacheIdError(ValueError, AssertionError):
     """A ``LocalSyncCache`` id is missing, invalid or already taken.
 
@@ -239,8 +255,11 @@ class LocalSyncCache(dict):  # type: ignore[type-arg]
         self.cache_alias = cache_alias
         # While Django loads the apps (a cache declared in a model class
         # body) no cache may be touched: the first check reads it instead.
+        # "!" never appears in a key made from user input: no collision
+        # with a GenerationSynchronizer's key.
+        key = make_cache_key(id, prefix=get_config().key_prefix + "!local")
         self._sync = GenerationSynchronizer(
-            make_cache_key(["local", id]), cache_alias=cache_alias, lazy=True
+            key, normalize_cache_key=False, cache_alias=cache_alias, lazy=True
         )
         if apps.ready:
             self._sync.refresh()
@@ -256,7 +275,6 @@ class LocalSyncCache(dict):  # type: ignore[type-arg]
         self.last_cleared: float | None = None
         self.INIT_COUNTER[id] = self.INIT_COUNTER.get(id, 0) + 1
         self.CACHES.append(self)
-        self._after_commit = self._clear_after_commit
 
     __hash__ = None
 
@@ -372,12 +390,8 @@ class LocalSyncCache(dict):  # type: ignore[type-arg]
         self._empty(serial)
         self._sync.mark_updated()
         self._known = True
-        connection = transaction.get_connection(using)
-        if connection.in_atomic_block:
-            if not any(
-                entry[1] is self._after_commit for entry in connection.run_on_commit
-            ):
-                transaction.on_commit(self._after_commit, using=using, robust=True)
+        if transaction.get_connection(using).in_atomic_block:
+            on_commit_once(self._clear_after_commit, using)
         else:
             # Whatever this context reads from now on is newer than the clear.
             _checked_serial.set(serial)
@@ -442,8 +456,6 @@ class LocalSyncCache(dict):  # type: ignore[type-arg]
                 lines.append(f"{key:>22}: {shown}")
         return "\n".join(lines)
 
-
-_sync_gen = attrgetter("sync_gen")
 
 _sync_gen = attrgetter("sync_gen")
 

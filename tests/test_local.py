@@ -51,7 +51,7 @@ def test_basic_external_clear() -> None:
 
 
 def test_unique_id() -> None:
-    LocalSyncCache(id="test1")
+    c1 = LocalSyncCache(id="test1")  # noqa: F841 - held: a dropped one frees its id
     with pytest.raises(AssertionError, match="'test1' is already used"):
         LocalSyncCache(id="test1")
 
@@ -76,7 +76,7 @@ def test_empty_pformat_cache_information() -> None:
 
 
 def test_pformat_cache_information() -> None:
-    LocalSyncCache(id="FooBar")
+    c = LocalSyncCache(id="FooBar")  # noqa: F841 - held: dropped ones are forgotten
     text = LocalSyncCache.pformat_cache_information()
     assert "id: FooBar" in text
     assert "instance: <LocalSyncCache 'FooBar' {}>" in text

@@ -85,7 +85,7 @@ def test_async_request_checks_first() -> None:
 def test_w005_when_caches_exist_without_the_middleware(settings: Any) -> None:
     settings.MIDDLEWARE = []
     assert not [m for m in checks.run_checks() if m.id == "syncache.W005"]
-    LocalSyncCache(id="needs-middleware")
+    cache = LocalSyncCache(id="needs-middleware")  # noqa: F841 - held
     [warning] = [m for m in checks.run_checks() if m.id == "syncache.W005"]
     assert "'needs-middleware'" in warning.msg
     settings.MIDDLEWARE = [MIDDLEWARE_PATH]
