@@ -59,13 +59,15 @@ pygments_style = "sphinx"
 # only those are ignored.
 nitpicky = True
 nitpick_ignore_regex = [
-    (r"py:.*", r"(django|typing|collections|dataclasses)\..*"),
+    (r"py:.*", r"(django|typing|collections|dataclasses|contextlib)\..*"),
     (r"py:.*", r"(Any|Callable|Sequence|Iterable|Mapping|Final|T)"),
     (r"py:.*", r"(str|int|float|bool|bytes|object|dict|list|tuple|type|None)"),
-    (r"py:.*", r"(Exception|ValueError|TypeError)"),
+    (r"py:.*", r"(Exception|ValueError|TypeError|AssertionError)"),
     # Private names that public signatures and docstrings mention.
     (r"py:.*", r"(syncache\.medium\.)?(T|_Failed)"),
     (r"py:.*", r"(syncache\.synchronizer\.)?_Snapshot"),
+    (r"py:.*", r"(syncache\.local\.)?_Registry"),
+    (r"py:.*", r"(syncache\.hooks\.)?TargetT"),
 ]
 
 # -- autodoc / napoleon --------------------------------------------------------
@@ -150,6 +152,42 @@ def _check_reference_pages(app):
             )
 
 
+def _resolve_reexport(app, env, node, contnode):
+    """Resolve ``syncache.<name>`` to where ``<name>`` is documented.
+
+    The names re-exported by ``syncache`` (``syncache.check_all``,
+    ``syncache.LocalSyncCache``...) are documented once, in the module that
+    defines them (``syncache.local.check_all``...). A docstring or page may
+    still refer to them by the short public path; this sends such a
+    reference to the documented object instead of leaving it unresolved.
+    Only names in ``syncache.__all__`` are redirected, and only to an
+    object that is the very same one.
+    """
+    if node.get("refdomain") != "py":
+        return None
+    module, _, name = node.get("reftarget", "").rpartition(".")
+    if module != "syncache" or name not in syncache.__all__:
+        return None
+    public = getattr(syncache, name)
+    domain = env.get_domain("py")
+    for fullname in list(domain.objects):
+        owner, _, short = fullname.rpartition(".")
+        if short != name or not owner.startswith("syncache."):
+            continue
+        if getattr(sys.modules.get(owner), name, None) is not public:
+            continue
+        return domain.resolve_xref(
+            env,
+            node["refdoc"],
+            app.builder,
+            node["reftype"],
+            fullname,
+            node,
+            contnode,
+        )
+    return None
+
+
 def setup(app):
     listeners = app.events.listeners["autodoc-process-docstring"]
     for listener in list(listeners):
@@ -157,3 +195,4 @@ def setup(app):
             app.disconnect(listener.id)
     app.connect("autodoc-process-docstring", _napoleon_without_attribute_types)
     app.connect("builder-inited", _check_reference_pages)
+    app.connect("missing-reference", _resolve_reexport)
