@@ -29,9 +29,14 @@ import sys
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from pytest_django import DjangoDbBlocker
+
+if TYPE_CHECKING:
+    from syncache import LocalSyncCache
+    from syncache.local import _Registry
 
 from tests.harness.backends import (
     BACKEND_NAMES,
@@ -193,3 +198,23 @@ def pytest_collection_modifyitems(
     if dropped:
         config.hook.pytest_deselected(items=dropped)
         items[:] = keep
+
+
+@pytest.fixture
+def fresh_registry(monkeypatch: pytest.MonkeyPatch) -> Iterator[_Registry]:
+    """An empty LocalSyncCache registry for the test (as django-tools' setUp):
+    the test sees only the instances it creates."""
+    from syncache import LocalSyncCache
+    from syncache.local import _Registry
+
+    registry = _Registry()
+    monkeypatch.setattr(LocalSyncCache, "CACHES", registry)
+    monkeypatch.setattr(LocalSyncCache, "INIT_COUNTER", {})
+    yield registry
+
+
+def other_process_clears(cache: LocalSyncCache) -> None:
+    """Do to the shared cache what another process's ``cache.clear()`` does."""
+    from syncache import GenerationSynchronizer
+
+    GenerationSynchronizer(cache.cache_key, normalize_cache_key=False).mark_updated()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import gc
 import threading
-from collections.abc import Iterator
 from typing import Any
 from unittest import mock
 
@@ -15,25 +14,12 @@ from django.db import transaction
 
 import syncache
 import syncache.middleware
-from syncache import GenerationSynchronizer, LocalSyncCache, check_all
+from syncache import LocalSyncCache, check_all
 from syncache.local import CacheIdError, _Registry
 from syncache.medium import get_medium
+from tests.conftest import other_process_clears
 
-pytestmark = pytest.mark.usefixtures("backend")
-
-
-@pytest.fixture(autouse=True)
-def fresh_registry(monkeypatch: pytest.MonkeyPatch) -> Iterator[_Registry]:
-    """Each test sees only the instances it creates (as django-tools' setUp)."""
-    registry = _Registry()
-    monkeypatch.setattr(LocalSyncCache, "CACHES", registry)
-    monkeypatch.setattr(LocalSyncCache, "INIT_COUNTER", {})
-    yield registry
-
-
-def _other_process_clears(cache: LocalSyncCache) -> None:
-    """What another process's clear() does to the shared cache."""
-    GenerationSynchronizer(cache.cache_key, normalize_cache_key=False).mark_updated()
+pytestmark = pytest.mark.usefixtures("backend", "fresh_registry")
 
 
 # -- django-tools' scenarios ---------------------------------------------------
@@ -43,7 +29,7 @@ def test_basic_external_clear() -> None:
     c = LocalSyncCache(id="test1")
     c["key1"] = "value1"
     assert c == {"key1": "value1"}
-    _other_process_clears(c)
+    other_process_clears(c)
     c.check_state()
     assert c == {}
     assert c.ext_clear_counter == 1
@@ -189,7 +175,7 @@ def test_check_all_is_one_round_trip_per_alias() -> None:
     ):
         check_all()
         assert get.call_count + get_many.call_count == 1
-        _other_process_clears(cs[7])
+        other_process_clears(cs[7])
         get.reset_mock()
         get_many.reset_mock()
         check_all()
@@ -232,7 +218,7 @@ def test_check_interval(backend: Any) -> None:
     with backend.syncache_settings(CHECK_INTERVAL=3600):
         check_all(force=True)
         c["v"] = 1
-        _other_process_clears(c)
+        other_process_clears(c)
         check_all()
         assert c == {"v": 1}, "within the interval nothing is read"
         check_all(force=True)
@@ -243,11 +229,11 @@ def test_checked_context_manager_and_decorator() -> None:
     c = LocalSyncCache(id="checked")
     check_all()
     c["v"] = 1
-    _other_process_clears(c)
+    other_process_clears(c)
     with syncache.checked():
         assert c == {}
     c["v"] = 2
-    _other_process_clears(c)
+    other_process_clears(c)
 
     @syncache.checked()
     def task() -> dict[str, int]:
@@ -316,7 +302,7 @@ def test_stale_write_after_own_clear_does_not_survive_the_next_check() -> None:
 
 def test_stale_write_after_external_clear_does_not_survive_the_next_check() -> None:
     def external(cache: LocalSyncCache) -> None:
-        _other_process_clears(cache)
+        other_process_clears(cache)
         check_all()  # thread B's request notices it and empties the dict
 
     cache = _stale_write_scenario(external)

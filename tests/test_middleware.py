@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -13,23 +12,11 @@ from django.core.handlers.base import BaseHandler
 from django.http import HttpRequest, HttpResponse
 from django.test import RequestFactory
 
-from syncache import GenerationSynchronizer, LocalSyncCache, check_all
-from syncache.local import _Registry
+from syncache import LocalSyncCache, check_all
 from syncache.middleware import MIDDLEWARE_PATH, LocalSyncCacheMiddleware
+from tests.conftest import other_process_clears
 
-pytestmark = pytest.mark.usefixtures("backend")
-
-
-@pytest.fixture(autouse=True)
-def fresh_registry(monkeypatch: pytest.MonkeyPatch) -> Iterator[_Registry]:
-    registry = _Registry()
-    monkeypatch.setattr(LocalSyncCache, "CACHES", registry)
-    monkeypatch.setattr(LocalSyncCache, "INIT_COUNTER", {})
-    yield registry
-
-
-def _external_clear(cache: LocalSyncCache) -> None:
-    GenerationSynchronizer(cache.cache_key, normalize_cache_key=False).mark_updated()
+pytestmark = pytest.mark.usefixtures("backend", "fresh_registry")
 
 
 @pytest.mark.parametrize("is_async", [False, True])
@@ -45,7 +32,7 @@ def test_sync_request_checks_first() -> None:
     cache = LocalSyncCache(id="sync-mw")
     check_all()
     cache["v"] = "old"
-    _external_clear(cache)
+    other_process_clears(cache)
     seen: list[dict[str, Any]] = []
 
     def view(request: HttpRequest) -> HttpResponse:
@@ -65,7 +52,7 @@ def test_async_request_checks_first() -> None:
     cache = LocalSyncCache(id="async-mw")
     check_all()
     cache["v"] = "old"
-    _external_clear(cache)
+    other_process_clears(cache)
     seen: list[dict[str, Any]] = []
 
     async def view(request: HttpRequest) -> HttpResponse:
