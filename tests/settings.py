@@ -79,7 +79,10 @@ INSTALLED_APPS = [
     "syncache",
     "tests",
 ]
-MIDDLEWARE: list[str] = []
+# The scenario tests (tests/scenarios/test_server.py...) serve tests.urls
+# through this middleware, in-process and in real WSGI/ASGI servers.
+MIDDLEWARE: list[str] = ["syncache.middleware.LocalSyncCacheMiddleware"]
+ROOT_URLCONF = "tests.urls"
 
 DATABASES = {
     # pytest-django turns this into the test database TEST NAME; a file, not
