@@ -275,7 +275,9 @@ def read_generations(
         # check can take the cheap path.
         epoch = medium.attempt("seeding", medium.epoch_key, lambda: medium.seed_epoch())
         snapshot = None
-    if epoch is None or epoch is FAILED:
+    if epoch is None or epoch is FAILED or None in values:
+        # A missing generation is about to be re-seeded with add, which
+        # does not move the epoch: a snapshot holding None would outlive it.
         _snapshots.forget(medium)
     else:
         merged = dict(zip(keys, values, strict=True))
