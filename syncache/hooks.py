@@ -74,6 +74,13 @@ def invalidate_on_commit(*targets: Target, using: str | None = None) -> None:
         on_commit_once(_Invalidation(target), using)
 
 
+def _invalidate_now_and_on_commit(target: Target, using: str | None) -> None:
+    """A row changed: drop this process's copy now, everyone's on commit."""
+    if isinstance(target, LocalSyncCache):
+        target.clear_locally()
+    invalidate_on_commit(target, using=using)
+
+
 def _check_target(target: object) -> None:
     if not isinstance(target, (LocalSyncCache, GenerationSynchronizer)) and not (
         callable(target)
@@ -127,7 +134,7 @@ def _connect(target: Target, model: type[models.Model]) -> None:
     uid = f"syncache:{id(target)}:{model._meta.label}"
 
     def changed(sender: Any, using: str | None = None, **kwargs: Any) -> None:
-        invalidate_on_commit(target, using=using)
+        _invalidate_now_and_on_commit(target, using)
 
     def m2m(
         sender: Any,
@@ -140,7 +147,7 @@ def _connect(target: Target, model: type[models.Model]) -> None:
         if action in _M2M_ACTIONS and (
             isinstance(instance, watched) or issubclass(model, watched)
         ):
-            invalidate_on_commit(target, using=using)
+            _invalidate_now_and_on_commit(target, using)
 
     watched = model
     post_save.connect(changed, sender=model, weak=False, dispatch_uid=uid + ":save")

@@ -400,6 +400,17 @@ class LocalSyncCache(dict):  # type: ignore[type-arg]
         """The same as :meth:`clear` (Djblets' name for it)."""
         self.clear()
 
+    def clear_locally(self) -> None:
+        """Empty this process's dict only, without telling other processes.
+
+        Values written afterwards by a request that checked before are
+        dropped again at the next check (the stale-write guard). Model
+        hooks call this when a row changes, before the shared bump that
+        waits for the commit: a read later in the same transaction must not
+        keep an uncommitted row cached if the transaction rolls back.
+        """
+        self._empty(next(_serials))
+
     def _clear_after_commit(self) -> None:
         self._empty(next(_serials))
         self._sync.mark_updated()
