@@ -131,6 +131,7 @@ class Medium:
         self._next_log_at = 0.0
         self._failures = 0
         self._suppressed = 0
+        self._failure_logged = False
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} alias={self.alias!r}>"
@@ -274,6 +275,7 @@ class Medium:
                 return
             suppressed, self._suppressed = self._suppressed, 0
             self._next_log_at = now + get_config().log_interval
+            self._failure_logged = True
         logger.error(
             'Unexpected error %s cached synchronization state key "%s" in '
             "cache %r; treating it as expired. Is the cache server down? "
@@ -287,12 +289,15 @@ class Medium:
         )
 
     def _log_recovery(self) -> None:
+        # The interval is not reset: a backend that flaps (pymemcache answers
+        # with defaults between errors) must not log on every request.
         with self._log_lock:
             failures, self._failures = self._failures, 0
-            self._suppressed = 0
-            self._next_log_at = 0.0
-        if failures:
-            logger.warning(
+            logged, self._failure_logged = self._failure_logged, False
+        if logged:
+            # INFO, not WARNING: a client that answers with defaults while
+            # its server is down (pymemcache) looks like a recovery too.
+            logger.info(
                 "Cache %r is answering again after %d failed operations.",
                 self.alias,
                 failures,

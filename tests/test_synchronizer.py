@@ -81,7 +81,7 @@ def test_recovery_is_logged(caplog: pytest.LogCaptureFixture) -> None:
     medium = get_medium()
     with mock.patch.object(medium, "get", side_effect=ConnectionError("down")):
         assert sync.is_expired()
-    with caplog.at_level(logging.WARNING, logger="syncache"):
+    with caplog.at_level(logging.INFO, logger="syncache"):
         assert not sync.is_expired()
     assert "answering again after 1 failed" in caplog.text
 
