@@ -542,6 +542,10 @@ class WorkerGroup:
     def _stop_stragglers(self, indices: list[int]) -> None:
         if not indices:
             return
+        # Abort first: a multiprocessing barrier aborted after its waiters
+        # were killed waits forever for them to acknowledge.
+        for barrier in self._barriers:
+            barrier.abort()
         with self._lock:
             reason, dump_first = self._stop_reason, self._dump_stragglers
         dumps = {index: Path(self._dump_dir) / f"{index}.txt" for index in indices}
@@ -575,9 +579,6 @@ class WorkerGroup:
                 )
             else:
                 self._failures[index] = f"{reason} and was killed"
-        if reason:
-            for barrier in self._barriers:
-                barrier.abort()
 
     def _reap(self) -> None:
         stop = time.monotonic() + EXIT_GRACE
