@@ -14,6 +14,7 @@ signals; call :func:`invalidate_on_commit` after them.
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import Any, TypeVar
 
 from django.apps import apps
@@ -91,7 +92,13 @@ def _check_target(target: object) -> None:
         )
 
 
-def _label(model: type[models.Model] | str) -> tuple[str, str]:
+def model_label(model: type[models.Model] | str) -> tuple[str, str]:
+    """Return ``(app_label, model_name)`` for a model class or label string.
+
+    Raises:
+        TypeError: neither a model class nor a string.
+        ValueError: a string that is not ``"app_label.ModelName"``.
+    """
     if isinstance(model, str):
         try:
             app_label, model_name = model.split(".")
@@ -103,6 +110,14 @@ def _label(model: type[models.Model] | str) -> tuple[str, str]:
     if isinstance(model, type) and issubclass(model, models.Model):
         return model._meta.app_label, model._meta.model_name or ""
     raise TypeError(f"Expected a model class or 'app_label.ModelName', not {model!r}.")
+
+
+def when_model_ready(
+    model: type[models.Model] | str,
+    connect: Callable[[type[models.Model]], object],
+) -> None:
+    """Run ``connect(model_class)`` once the app registry has the model."""
+    apps.lazy_model_operation(connect, model_label(model))
 
 
 def clear_on_change(target: TargetT, *models_: type[models.Model] | str) -> TargetT:
@@ -124,9 +139,7 @@ def clear_on_change(target: TargetT, *models_: type[models.Model] | str) -> Targ
     if not models_:
         raise ValueError("clear_on_change() needs at least one model.")
     for model in models_:
-        apps.lazy_model_operation(
-            lambda resolved, target=target: _connect(target, resolved), _label(model)
-        )
+        when_model_ready(model, partial(_connect, target))
     return target
 
 

@@ -418,7 +418,8 @@ class DatabaseMedium(Medium):
         self._confirmed_write("set", key, value)
 
 
-_BUMP_NOT_SEEDED = object()
+#: How many syncache keys a Redis medium remembers the full key of.
+_FULL_KEY_MEMO_SIZE = 4096
 
 
 class RedisMedium(Medium):
@@ -448,8 +449,16 @@ class RedisMedium(Medium):
         try:
             return self._full_keys[key]
         except KeyError:
-            full = self._full_keys[key] = self.cache.make_and_validate_key(key)
+            full = self.cache.make_and_validate_key(key)
+            self._remember(key, full)
             return full
+
+    def _remember(self, key: str, full: str) -> None:
+        # Bounded: group keys (one per object) and page header keys (one per
+        # URL) pass through here too; a long-lived process must not grow.
+        if len(self._full_keys) >= _FULL_KEY_MEMO_SIZE:
+            self._full_keys.clear()
+        self._full_keys[key] = full
 
     def client(self) -> Any:
         """The redis-py client of the primary server.
@@ -524,7 +533,8 @@ class DjangoRedisMedium(RedisMedium):
         try:
             return self._full_keys[key]
         except KeyError:
-            full = self._full_keys[key] = str(self.cache.make_key(key))
+            full = str(self.cache.make_key(key))
+            self._remember(key, full)
             return full
 
     def _decode_pickled(self, raw: bytes) -> Generation:
