@@ -3,6 +3,19 @@
 The public API is re-exported here; see the documentation for each name.
 """
 
+from syncache.groups import (
+    Group,
+    GroupError,
+    GroupKeyError,
+    NotGroupCachedError,
+    cache_page_against_model,
+    cache_page_against_models,
+    cache_tagged_page,
+    cache_versioned_page,
+    uncache,
+    uncache_from_path,
+    uncache_from_tag,
+)
 from syncache.hooks import clear_on_change, invalidate, invalidate_on_commit
 from syncache.keys import make_cache_key
 from syncache.local import CacheIdError, LocalSyncCache, check_all, checked
@@ -18,8 +31,16 @@ __all__ = [
     "CacheIdError",
     "Capabilities",
     "GenerationSynchronizer",
+    "Group",
+    "GroupError",
+    "GroupKeyError",
     "LocalSyncCache",
+    "NotGroupCachedError",
     "WriteNotConfirmed",
+    "cache_page_against_model",
+    "cache_page_against_models",
+    "cache_tagged_page",
+    "cache_versioned_page",
     "check_all",
     "checked",
     "clear_on_change",
@@ -29,6 +50,9 @@ __all__ = [
     "invalidate",
     "invalidate_on_commit",
     "make_cache_key",
+    "uncache",
+    "uncache_from_path",
+    "uncache_from_tag",
 ]
 
 __version__ = "0.1.0"

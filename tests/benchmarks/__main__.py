@@ -131,6 +131,10 @@ def run(number: int, repeat: int) -> list[Row]:
             )
         )
     rows.extend(local_cache_rows(client, get_time, number, repeat))
+
+    from tests.benchmarks import groups
+
+    rows.extend(groups.rows(number, repeat))
     return rows
 
 
