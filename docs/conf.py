@@ -68,6 +68,7 @@ nitpick_ignore_regex = [
     (r"py:.*", r"(syncache\.synchronizer\.)?_Snapshot"),
     (r"py:.*", r"(syncache\.local\.)?_Registry"),
     (r"py:.*", r"(syncache\.hooks\.)?TargetT"),
+    (r"py:.*", r"(syncache\.groups\.)?(T|ViewT)"),
 ]
 
 # -- autodoc / napoleon --------------------------------------------------------

@@ -890,6 +890,7 @@ def cache_versioned_page(
     vary_on_view: bool = True,
     key_prefix: str | None = None,
     cache_alias: str | None = None,
+    cache_timeout: float | None = None,
 ) -> Callable[[ViewT], ViewT]:
     """Cache a view's pages in the group each call belongs to.
 
@@ -903,16 +904,31 @@ def cache_versioned_page(
         key_prefix: Defaults to ``settings.CACHE_MIDDLEWARE_KEY_PREFIX``.
         cache_alias: Where versions and pages live; defaults to
             ``SYNCACHE["CACHE_ALIAS"]``.
+        cache_timeout: groupcache's name for ``timeout``.
 
     Raises:
         TypeError: at request time, when the view got positional arguments
             it does not name and the group needs them.
     """
+    timeout = _timeout(timeout, cache_timeout)
     return _page_decorator(group, timeout, vary_on_view, key_prefix, cache_alias)
 
 
+#: groupcache's spelling.
+cache_versionned_page = cache_versioned_page
+
+
+def _timeout(timeout: float | None, cache_timeout: float | None) -> float | None:
+    """Accept groupcache's ``cache_timeout=`` as well as ``timeout``."""
+    if cache_timeout is None:
+        return timeout
+    if timeout is not None:
+        raise TypeError("Pass timeout or cache_timeout (its old name), not both.")
+    return cache_timeout
+
+
 def cache_tagged_page(
-    tag: str, timeout: float | None = None
+    tag: str, timeout: float | None = None, *, cache_timeout: float | None = None
 ) -> Callable[[ViewT], ViewT]:
     """Cache a view's pages in the group of ``tag``, shared by every view.
 
@@ -920,7 +936,7 @@ def cache_tagged_page(
     """
     if not isinstance(tag, str):
         raise TypeError(f"A tag is a string, not {type(tag).__name__}.")
-    return _page_decorator(tag, timeout, False, None, None)
+    return _page_decorator(tag, _timeout(timeout, cache_timeout), False, None, None)
 
 
 # -- pages against models -----------------------------------------------------
@@ -979,8 +995,16 @@ class _InstancePages:
     def _attribute(self, name: str) -> str:
         try:
             field = self.model._meta.get_field(name)
-        except FieldDoesNotExist:  # "pk" or a property: read it as named
-            return name
+        except FieldDoesNotExist:
+            if name == "pk" or hasattr(self.model, name):  # a property
+                return name
+            label = self.model._meta.label
+            raise GroupError(
+                f"cache_page_against_model({label}) matches the view keyword "
+                f"{name!r} against {label}, which has no field or attribute "
+                f"{name!r}. Pass to_fields= with the model fields to match "
+                f"(or a dict {{model_field: view_keyword}})."
+            ) from None
         return getattr(field, "attname", None) or name
 
     def _values(self, instance: models.Model) -> tuple[Any, ...]:
@@ -1069,6 +1093,8 @@ def cache_page_against_model(
     model: ModelRef,
     timeout: float | None = None,
     to_fields: Sequence[str] | Mapping[str, str] | None = None,
+    *,
+    cache_timeout: float | None = None,
 ) -> Callable[[ViewT], ViewT]:
     """Cache a view's pages per instance of ``model``; a change uncaches them.
 
@@ -1096,7 +1122,9 @@ def cache_page_against_model(
     def decorate(view: ViewT) -> ViewT:
         view_name = get_view_name(view)
         fields = _field_map(view, to_fields)
-        decorated = _page_decorator(fields, timeout, True, None, None)(view)
+        decorated = _page_decorator(
+            fields, _timeout(timeout, cache_timeout), True, None, None
+        )(view)
         when_model_ready(
             model,
             lambda resolved: _connect_instance_pages(view_name, fields, resolved),
@@ -1139,7 +1167,9 @@ def _connect_all_pages(view_name: str, model: type[models.Model]) -> None:
 
 
 def cache_page_against_models(
-    *models_: ModelRef, timeout: float | None = None
+    *models_: ModelRef,
+    timeout: float | None = None,
+    cache_timeout: float | None = None,
 ) -> Callable[[ViewT], ViewT]:
     """Cache a view's pages; any change to ``models_`` uncaches all of them.
 
@@ -1157,7 +1187,9 @@ def cache_page_against_models(
 
     def decorate(view: ViewT) -> ViewT:
         view_name = get_view_name(view)
-        decorated = _page_decorator((), timeout, True, None, None)(view)
+        decorated = _page_decorator(
+            (), _timeout(timeout, cache_timeout), True, None, None
+        )(view)
         for model in models_:
             when_model_ready(model, functools.partial(_connect_all_pages, view_name))
         return decorated

@@ -992,3 +992,24 @@ def test_outage_calls_the_view_and_never_raises(
     assert any(record.name == "syncache" for record in caplog.records)
     first = token(item_page, url, category=9, item=9)
     assert token(item_page, url, category=9, item=9) == first, "caching again"
+
+
+def test_groupcache_spellings_are_accepted() -> None:
+    from syncache import cache_versioned_page, cache_versionned_page
+    from syncache.groups import _timeout
+
+    assert cache_versionned_page is cache_versioned_page
+    assert _timeout(None, 30) == 30
+    assert _timeout(30, None) == 30
+    with pytest.raises(TypeError, match="not both"):
+        _timeout(30, 30)
+
+
+def test_to_fields_naming_no_model_field_fails_at_startup() -> None:
+    from django.contrib.auth.models import Group as AuthGroup
+
+    from syncache.groups import GroupError, _InstancePages
+
+    with pytest.raises(GroupError, match="no field or attribute 'fmt'"):
+        _InstancePages("view", AuthGroup, ["pk", "fmt"])
+    assert _InstancePages("view", AuthGroup, ["pk", "name"]).fields == ["pk", "name"]
