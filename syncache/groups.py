@@ -89,7 +89,7 @@ from django.utils.cache import (
 )
 
 from syncache.conf import get_config
-from syncache.hooks import model_label, when_model_ready
+from syncache.hooks import M2M_ACTIONS, model_label, on_model_change, when_model_ready
 from syncache.keys import make_cache_key
 from syncache.local import on_commit_once
 from syncache.medium import Generation, Medium, _Failed, get_medium, new_generation
@@ -125,7 +125,6 @@ GroupSpec = (
 )
 ModelRef = type[models.Model] | str
 
-_M2M_ACTIONS = frozenset({"post_add", "post_remove", "post_clear"})
 _CACHE_CONTROL_NOT_STORED = ("private", "no-cache", "no-store")
 
 
@@ -1072,7 +1071,7 @@ def _connect_instance_pages(
         using: str | None = None,
         **_: Any,
     ) -> None:
-        if action not in _M2M_ACTIONS:
+        if action not in M2M_ACTIONS:
             return
         if isinstance(instance, pages.model):
             pages.saved(instance, using)
@@ -1135,35 +1134,11 @@ def cache_page_against_model(
 
 
 def _connect_all_pages(view_name: str, model: type[models.Model]) -> None:
-    uid = f"syncache.groups:{view_name}:{model._meta.label}"
-
     def bump(using: str | None) -> None:
+        # The key depends on settings: computed when the change happens.
         bump_local_prefix_on_commit(get_local_key_from_mapping({}, view_name), using)
 
-    def changed(sender: Any, using: str | None = None, **_: Any) -> None:
-        bump(using)
-
-    def m2m(
-        sender: Any,
-        instance: Any,
-        action: str,
-        model: type[models.Model],
-        using: str | None = None,
-        **_: Any,
-    ) -> None:
-        if action in _M2M_ACTIONS and (
-            isinstance(instance, watched) or issubclass(model, watched)
-        ):
-            bump(using)
-
-    watched = model
-    post_save.connect(
-        changed, sender=model, weak=False, dispatch_uid=uid + ":post_save"
-    )
-    post_delete.connect(
-        changed, sender=model, weak=False, dispatch_uid=uid + ":post_delete"
-    )
-    m2m_changed.connect(m2m, weak=False, dispatch_uid=uid + ":m2m_changed")
+    on_model_change(model, f"syncache.groups:{view_name}:{model._meta.label}", bump)
 
 
 def cache_page_against_models(

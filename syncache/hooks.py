@@ -28,7 +28,8 @@ Target = LocalSyncCache | GenerationSynchronizer | Callable[[], object]
 
 TargetT = TypeVar("TargetT", bound=Target)
 
-_M2M_ACTIONS = frozenset({"post_add", "post_remove", "post_clear"})
+#: The ``m2m_changed`` actions after which the rows have changed.
+M2M_ACTIONS = frozenset({"post_add", "post_remove", "post_clear"})
 
 
 def invalidate(target: Target) -> None:
@@ -143,11 +144,18 @@ def clear_on_change(target: TargetT, *models_: type[models.Model] | str) -> Targ
     return target
 
 
-def _connect(target: Target, model: type[models.Model]) -> None:
-    uid = f"syncache:{id(target)}:{model._meta.label}"
+def on_model_change(
+    model: type[models.Model], uid: str, callback: Callable[[str | None], object]
+) -> None:
+    """Call ``callback(using)`` when rows of ``model`` are saved, deleted, or
+    gain or lose many-to-many links (from either side of the relation).
+
+    ``uid`` makes the connections idempotent (``dispatch_uid``); receivers
+    are held strongly, for the life of the process.
+    """
 
     def changed(sender: Any, using: str | None = None, **kwargs: Any) -> None:
-        _invalidate_now_and_on_commit(target, using)
+        callback(using)
 
     def m2m(
         sender: Any,
@@ -157,12 +165,20 @@ def _connect(target: Target, model: type[models.Model]) -> None:
         using: str | None = None,
         **kwargs: Any,
     ) -> None:
-        if action in _M2M_ACTIONS and (
+        if action in M2M_ACTIONS and (
             isinstance(instance, watched) or issubclass(model, watched)
         ):
-            _invalidate_now_and_on_commit(target, using)
+            callback(using)
 
     watched = model
     post_save.connect(changed, sender=model, weak=False, dispatch_uid=uid + ":save")
     post_delete.connect(changed, sender=model, weak=False, dispatch_uid=uid + ":delete")
     m2m_changed.connect(m2m, weak=False, dispatch_uid=uid + ":m2m")
+
+
+def _connect(target: Target, model: type[models.Model]) -> None:
+    on_model_change(
+        model,
+        f"syncache:{id(target)}:{model._meta.label}",
+        partial(_invalidate_now_and_on_commit, target),
+    )
