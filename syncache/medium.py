@@ -26,7 +26,11 @@ logged (at most once per ``LOG_INTERVAL`` per alias) and the caller gets
 
 from __future__ import annotations
 
+import base64
+import datetime as dt
 import logging
+import math
+import pickle
 import secrets
 import threading
 import time
@@ -167,6 +171,60 @@ class Medium:
     def delete(self, key: str) -> None:
         """Delete ``key``."""
         self.cache.delete(key)
+
+    def set_with_timeout(self, key: str, value: Any, timeout: float | None) -> None:
+        """Store ``value`` at ``key`` for ``timeout`` seconds (None: forever)."""
+        self.cache.set(key, value, timeout=timeout)
+
+    # -- locks ----------------------------------------------------------------
+    #
+    # A lock is a key holding its owner's random token, with an expiry so a
+    # crashed owner never blocks the others forever. Acquiring is an atomic
+    # add; releasing and extending compare the token and act in one atomic
+    # step, so only the owner can. Backends without both raise
+    # NotImplementedError (the generic and file media).
+
+    def _no_locks(self) -> NotImplementedError:
+        return NotImplementedError(
+            f"Cache {self.alias!r} ({type(self.cache).__module__}."
+            f"{type(self.cache).__name__}) cannot hold a cross-process lock: "
+            f"it has no atomic add and compare-and-delete. Use Redis, "
+            f"memcached or the database cache."
+        )
+
+    def lock_acquire(self, key: str, token: str, timeout: float) -> bool:
+        """Store ``token`` at ``key`` for ``timeout`` seconds if it is absent.
+
+        Returns:
+            Whether the lock was taken. It lasts at least ``timeout`` seconds
+            (backends with whole-second expiry round up, plus one second).
+        """
+        raise self._no_locks()
+
+    def lock_release(self, key: str, token: str) -> bool:
+        """Delete ``key`` if it still holds ``token``; return whether it did."""
+        raise self._no_locks()
+
+    def lock_extend(self, key: str, token: str, timeout: float) -> bool:
+        """Make the lock at ``key`` last ``timeout`` more seconds if it still
+        holds ``token``; return whether it did."""
+        raise self._no_locks()
+
+    def lock_held(self, key: str) -> bool:
+        """Whether anyone holds the lock at ``key``."""
+        return bool(self.cache.has_key(key))
+
+    def lock_fence(self, key: str) -> int:
+        """Increment the fencing counter at ``key``; return the new value.
+
+        Called by a lock's holder only, so the generic get-then-set cannot
+        race with another increment. The counter never expires; a backend
+        that evicts it (memcached LRU) restarts it at 1.
+        """
+        current = self.get(key)
+        value = (current if isinstance(current, int) else 0) + 1
+        self.set(key, value)
+        return value
 
     # -- generations ------------------------------------------------------
 
@@ -320,6 +378,21 @@ class AtomicMedium(Medium):
         """Increment ``key`` atomically; ValueError when it is missing."""
         return int(self.cache.incr(key))
 
+    def lock_acquire(self, key: str, token: str, timeout: float) -> bool:
+        return bool(self.cache.add(key, token, timeout=timeout))
+
+    def lock_fence(self, key: str) -> int:
+        for _ in range(get_config().write_retries + 1):
+            try:
+                return self.incr(key)
+            except ValueError:
+                if self.add(key, 1):
+                    return 1
+        raise WriteNotConfirmed(
+            f"Could not increment the fencing counter {key!r} in cache "
+            f"{self.alias!r}: it disappeared after every write."
+        )
+
     def bump(self, key: str) -> Generation:
         """Increment the generation; a missing key is seeded at random."""
         for _ in range(get_config().write_retries + 1):
@@ -350,6 +423,30 @@ class LocMemMedium(AtomicMedium):
         cross_host=False,
     )
 
+    def _owned(self, cache: Any, full_key: str, token: str) -> bool:
+        # Under the cache's own lock: LocMemCache pickles every value.
+        if full_key not in cache._cache or cache._has_expired(full_key):
+            return False
+        return bool(pickle.loads(cache._cache[full_key]) == token)
+
+    def lock_release(self, key: str, token: str) -> bool:
+        cache: Any = self.cache
+        full_key = cache.make_and_validate_key(key)
+        with cache._lock:
+            if not self._owned(cache, full_key, token):
+                return False
+            cache._delete(full_key)
+            return True
+
+    def lock_extend(self, key: str, token: str, timeout: float) -> bool:
+        cache: Any = self.cache
+        full_key = cache.make_and_validate_key(key)
+        with cache._lock:
+            if not self._owned(cache, full_key, token):
+                return False
+            cache._expire_info[full_key] = cache.get_backend_timeout(timeout)
+            return True
+
 
 class MemcachedMedium(AtomicMedium):
     """Memcached: atomic ``add``/``incr``, and ``gets``/``cas``."""
@@ -362,6 +459,37 @@ class MemcachedMedium(AtomicMedium):
         cross_process=True,
         cross_host=True,
     )
+
+    @staticmethod
+    def _seconds(timeout: float) -> int:
+        # Memcached expires on a one-second clock, possibly just after a
+        # tick: one more second keeps the promised "at least timeout".
+        return math.ceil(timeout) + 1
+
+    def set_with_timeout(self, key: str, value: Any, timeout: float | None) -> None:
+        # Django truncates to whole seconds, and 0 means "already expired".
+        self.cache.set(
+            key, value, timeout=None if timeout is None else math.ceil(timeout)
+        )
+
+    def lock_acquire(self, key: str, token: str, timeout: float) -> bool:
+        return bool(self.cache.add(key, token, timeout=self._seconds(timeout)))
+
+    def _compare_and_store(self, key: str, token: str, expire: int) -> bool:
+        cache: Any = self.cache
+        full_key = cache.make_and_validate_key(key)
+        value, cas = cache._cache.gets(full_key)
+        if value != token or cas is None:
+            return False
+        # A negative expiry makes memcached drop the item at once: a delete
+        # conditional on the cas value, which the protocol has no verb for.
+        return bool(cache._cache.cas(full_key, token, cas, expire=expire))
+
+    def lock_release(self, key: str, token: str) -> bool:
+        return self._compare_and_store(key, token, -1)
+
+    def lock_extend(self, key: str, token: str, timeout: float) -> bool:
+        return self._compare_and_store(key, token, self._seconds(timeout))
 
 
 class FileMedium(Medium):
@@ -395,12 +523,14 @@ class DatabaseMedium(Medium):
         cross_host=True,
     )
 
-    def _confirmed_write(self, mode: str, key: str, value: Generation) -> bool:
+    def _confirmed_write(
+        self, mode: str, key: str, value: Generation, timeout: float | None = None
+    ) -> bool:
         cache: Any = self.cache
         full_key = cache.make_and_validate_key(key)
         retries = get_config().write_retries
         for attempt in range(retries + 1):
-            if cache._base_set(mode, full_key, value, None):
+            if cache._base_set(mode, full_key, value, timeout):
                 return True
             if mode == "add" and cache.has_key(key):
                 return False
@@ -416,6 +546,113 @@ class DatabaseMedium(Medium):
 
     def set(self, key: str, value: Generation) -> None:
         self._confirmed_write("set", key, value)
+
+    def set_with_timeout(self, key: str, value: Any, timeout: float | None) -> None:
+        self._confirmed_write("set", key, value, timeout)
+
+    # The lock operations write their own SQL: DatabaseCache.add() takes
+    # over an expired row with a plain UPDATE, so two processes taking over
+    # the same expired lock would both succeed. Here the expired row is
+    # deleted first and the lock is an INSERT, atomic by primary key. Expiry
+    # is Django's: rows carry a wall-clock deadline set by the writer.
+
+    def _lock_sql(self, sql: str, params: Sequence[Any]) -> int:
+        """Run one statement on the cache table; return its row count.
+
+        ``{table}``, ``{key}``, ``{value}`` and ``{expires}`` in ``sql`` are
+        replaced by the quoted names.
+        """
+        from django.db import connections, router
+
+        cache: Any = self.cache
+        connection = connections[router.db_for_write(cache.cache_model_class)]
+        quote = connection.ops.quote_name
+        with connection.cursor() as cursor:
+            cursor.execute(
+                sql.format(
+                    table=quote(cache._table),
+                    key=quote("cache_key"),
+                    value=quote("value"),
+                    expires=quote("expires"),
+                ),
+                list(params),
+            )
+            return int(cursor.rowcount)
+
+    def _db_now(self) -> Any:
+        from django.db import connections, router
+        from django.utils import timezone
+
+        cache: Any = self.cache
+        connection = connections[router.db_for_write(cache.cache_model_class)]
+        now = timezone.now().replace(microsecond=0)
+        return connection.ops.adapt_datetimefield_value(now)
+
+    def _db_expiry(self, timeout: float) -> Any:
+        from django.conf import settings
+        from django.db import connections, router
+
+        cache: Any = self.cache
+        connection = connections[router.db_for_write(cache.cache_model_class)]
+        # Django truncates deadlines to the second: one more keeps "at least".
+        deadline = cache.get_backend_timeout(math.ceil(timeout) + 1)
+        tz = dt.timezone.utc if settings.USE_TZ else None
+        expiry = dt.datetime.fromtimestamp(deadline, tz=tz).replace(microsecond=0)
+        return connection.ops.adapt_datetimefield_value(expiry)
+
+    def _encoded(self, token: str) -> str:
+        cache: Any = self.cache
+        return base64.b64encode(pickle.dumps(token, cache.pickle_protocol)).decode(
+            "latin1"
+        )
+
+    def lock_acquire(self, key: str, token: str, timeout: float) -> bool:
+        from django.db import IntegrityError, router, transaction
+
+        cache: Any = self.cache
+        full_key = cache.make_and_validate_key(key)
+        using = router.db_for_write(cache.cache_model_class)
+        try:
+            with transaction.atomic(using=using):
+                self._lock_sql(
+                    "DELETE FROM {table} WHERE {key} = %s AND {expires} <= %s",
+                    [full_key, self._db_now()],
+                )
+                self._lock_sql(
+                    "INSERT INTO {table} ({key}, {value}, {expires}) "
+                    "VALUES (%s, %s, %s)",
+                    [full_key, self._encoded(token), self._db_expiry(timeout)],
+                )
+        except IntegrityError:
+            return False
+        return True
+
+    def lock_release(self, key: str, token: str) -> bool:
+        full_key = self.cache.make_and_validate_key(key)
+        return (
+            self._lock_sql(
+                "DELETE FROM {table} WHERE {key} = %s AND {value} = %s "
+                "AND {expires} > %s",
+                [full_key, self._encoded(token), self._db_now()],
+            )
+            == 1
+        )
+
+    def lock_extend(self, key: str, token: str, timeout: float) -> bool:
+        full_key = self.cache.make_and_validate_key(key)
+        return (
+            self._lock_sql(
+                "UPDATE {table} SET {expires} = %s WHERE {key} = %s "
+                "AND {value} = %s AND {expires} > %s",
+                [
+                    self._db_expiry(timeout),
+                    full_key,
+                    self._encoded(token),
+                    self._db_now(),
+                ],
+            )
+            == 1
+        )
 
 
 #: How many syncache keys a Redis medium remembers the full key of.
@@ -521,6 +758,52 @@ class RedisMedium(Medium):
 
     def touch_epoch(self) -> None:
         self.set(self.epoch_key, new_generation())
+
+    def set_with_timeout(self, key: str, value: Any, timeout: float | None) -> None:
+        # Through Django, so the value is serialized as Django reads it back.
+        self.cache.set(key, value, timeout=timeout)
+
+    def lock_acquire(self, key: str, token: str, timeout: float) -> bool:
+        milliseconds = max(1, math.ceil(timeout * 1000))
+        return bool(
+            self.client().set(self.full_key(key), token, nx=True, px=milliseconds)
+        )
+
+    def lock_release(self, key: str, token: str) -> bool:
+        return bool(
+            self.client().eval(LOCK_RELEASE_SCRIPT, 1, self.full_key(key), token)
+        )
+
+    def lock_extend(self, key: str, token: str, timeout: float) -> bool:
+        milliseconds = max(1, math.ceil(timeout * 1000))
+        return bool(
+            self.client().eval(
+                LOCK_EXTEND_SCRIPT, 1, self.full_key(key), token, milliseconds
+            )
+        )
+
+    def lock_held(self, key: str) -> bool:
+        return bool(self.client().exists(self.full_key(key)))
+
+    def lock_fence(self, key: str) -> int:
+        return int(self.client().incr(self.full_key(key)))
+
+
+#: Delete the lock ``KEYS[1]`` if it holds the token ``ARGV[1]``.
+LOCK_RELEASE_SCRIPT = """
+if redis.call('get', KEYS[1]) == ARGV[1] then
+    return redis.call('del', KEYS[1])
+end
+return 0
+"""
+
+#: Expire the lock ``KEYS[1]`` in ``ARGV[2]`` ms if it holds ``ARGV[1]``.
+LOCK_EXTEND_SCRIPT = """
+if redis.call('get', KEYS[1]) == ARGV[1] then
+    return redis.call('pexpire', KEYS[1], ARGV[2])
+end
+return 0
+"""
 
 
 class DjangoRedisMedium(RedisMedium):
