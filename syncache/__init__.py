@@ -3,6 +3,19 @@
 The public API is re-exported here; see the documentation for each name.
 """
 
+from syncache.dogpile import (
+    CacheMutex,
+    Lock,
+    LockError,
+    LockNotOwned,
+    LockNotSupported,
+    NameRegistry,
+    NeedRegenerationException,
+    ReadWriteMutex,
+    UnpicklableValue,
+    cache_on_arguments,
+    get_or_create,
+)
 from syncache.groups import (
     Group,
     GroupError,
@@ -30,14 +43,24 @@ from syncache.synchronizer import (
 __all__ = [
     "FAILED",
     "CacheIdError",
+    "CacheMutex",
     "Capabilities",
     "GenerationSynchronizer",
     "Group",
     "GroupError",
     "GroupKeyError",
     "LocalSyncCache",
+    "Lock",
+    "LockError",
+    "LockNotOwned",
+    "LockNotSupported",
+    "NameRegistry",
+    "NeedRegenerationException",
     "NotGroupCachedError",
+    "ReadWriteMutex",
+    "UnpicklableValue",
     "WriteNotConfirmed",
+    "cache_on_arguments",
     "cache_page_against_model",
     "cache_page_against_models",
     "cache_tagged_page",
@@ -49,6 +72,7 @@ __all__ = [
     "expired_many",
     "fetch_generations",
     "get_medium",
+    "get_or_create",
     "invalidate",
     "invalidate_on_commit",
     "make_cache_key",

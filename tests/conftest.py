@@ -27,9 +27,9 @@ from __future__ import annotations
 import os
 import sys
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from pytest_django import DjangoDbBlocker
@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from syncache.local import _Registry
 
 from tests.harness.backends import (
+    ATOMIC_ADD,
     BACKEND_NAMES,
     CACHE_ALIASES,
     SHARED_BACKEND_NAMES,
@@ -52,7 +53,7 @@ from tests.harness.backends import (
 from tests.harness.servers import MemcachedServer, PostgresDatabase, RedisServer
 from tests.harness.workers import has_active_groups, terminate_active_groups
 
-_BACKEND_FIXTURES = ("backend", "shared_backend")
+_BACKEND_FIXTURES = ("backend", "shared_backend", "lock_backend", "shared_lock_backend")
 
 
 @pytest.fixture(scope="session")
@@ -97,31 +98,39 @@ def postgres_database(syncache_backends: BackendRegistry) -> PostgresDatabase:
     skip_or_fail("postgres", reason)
 
 
-@pytest.fixture(params=BACKEND_NAMES)
-def backend(
-    request: pytest.FixtureRequest,
-    syncache_backends: BackendRegistry,
-    django_db_blocker: DjangoDbBlocker,
-) -> Iterator[Backend]:
-    """Run the test once per backend, as ``caches["default"]``, with a
-    SYNCACHE KEY_PREFIX unique to the test."""
-    with activate_backend(
-        request, request.param, syncache_backends, django_db_blocker
-    ) as active:
-        yield active
+def _backend_fixture(name: str, names: Iterable[str], doc: str) -> Any:
+    """A fixture that runs a test once per backend in ``names``, as
+    ``caches["default"]``, with a SYNCACHE KEY_PREFIX unique to the test."""
+
+    @pytest.fixture(name=name, params=list(names))
+    def fixture(
+        request: pytest.FixtureRequest,
+        syncache_backends: BackendRegistry,
+        django_db_blocker: DjangoDbBlocker,
+    ) -> Iterator[Backend]:
+        with activate_backend(
+            request, request.param, syncache_backends, django_db_blocker
+        ) as active:
+            yield active
+
+    fixture.__doc__ = doc
+    return fixture
 
 
-@pytest.fixture(params=SHARED_BACKEND_NAMES)
-def shared_backend(
-    request: pytest.FixtureRequest,
-    syncache_backends: BackendRegistry,
-    django_db_blocker: DjangoDbBlocker,
-) -> Iterator[Backend]:
-    """Like ``backend``, on the backends other processes can see."""
-    with activate_backend(
-        request, request.param, syncache_backends, django_db_blocker
-    ) as active:
-        yield active
+backend = _backend_fixture("backend", BACKEND_NAMES, "Every backend.")
+shared_backend = _backend_fixture(
+    "shared_backend", SHARED_BACKEND_NAMES, "The backends other processes can see."
+)
+lock_backend = _backend_fixture(
+    "lock_backend",
+    [name for name in BACKEND_NAMES if name in ATOMIC_ADD],
+    "The backends that can hold a lock (atomic add).",
+)
+shared_lock_backend = _backend_fixture(
+    "shared_lock_backend",
+    [name for name in SHARED_BACKEND_NAMES if name in ATOMIC_ADD],
+    "The backends other processes can see that can hold a lock.",
+)
 
 
 @pytest.fixture

@@ -30,6 +30,9 @@ class Row:
     seconds: float
     baseline_seconds: float
     target: float | None
+    #: "us": the figures are seconds, printed in microseconds; anything else
+    #: is a count printed as it is.
+    unit: str = "us"
 
     @property
     def ratio(self) -> float:
@@ -132,9 +135,10 @@ def run(number: int, repeat: int) -> list[Row]:
         )
     rows.extend(local_cache_rows(client, get_time, number, repeat))
 
-    from tests.benchmarks import groups
+    from tests.benchmarks import dogpile, groups
 
     rows.extend(groups.rows(number, repeat))
+    rows.extend(dogpile.rows(number, repeat))
     return rows
 
 
@@ -224,9 +228,10 @@ def report(rows: list[Row], path: Path, quick: bool) -> None:
         verdict = ""
         if row.target:
             verdict = "ok" if row.ratio <= row.target else "MISSED"
+        scale = 1e6 if row.unit == "us" else 1
         print(
-            f"{row.name:42} {row.seconds * 1e6:9.3f} {row.baseline:>10} "
-            f"{row.baseline_seconds * 1e6:9.3f} {row.ratio:6.2f}x {target:>7} "
+            f"{row.name:42} {row.seconds * scale:9.3f} {row.baseline:>10} "
+            f"{row.baseline_seconds * scale:9.3f} {row.ratio:6.2f}x {target:>7} "
             f"{verdict}"
         )
     payload = {
