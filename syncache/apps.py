@@ -16,3 +16,4 @@ class SyncacheConfig(AppConfig):
         checks.register(syncache_checks.check_settings, "syncache")
         checks.register(syncache_checks.check_cache_backend, "syncache", "caches")
         checks.register(syncache_checks.check_middleware, "syncache")
+        checks.register(syncache_checks.check_lock_backends, "syncache", "caches")

@@ -157,3 +157,46 @@ def check_cache_backend(
             )
         )
     return messages
+
+
+def check_lock_backends(
+    app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
+) -> list[checks.CheckMessage]:
+    """E004: a lock feature is declared on a cache that cannot hold a lock."""
+    from syncache.dogpile import lock_users
+    from syncache.medium import get_medium
+
+    if config_problems(getattr(settings, "SYNCACHE", None)):
+        return []
+    unable: dict[str, list[str]] = {}
+    for what, alias in sorted(lock_users.items()):
+        alias = get_config().cache_alias if alias is None else alias
+        if alias not in settings.CACHES:
+            unable.setdefault(alias, []).append(what)
+            continue
+        try:
+            capabilities = get_medium(alias).capabilities
+        except Exception:  # Django's own cache checks report a broken alias.
+            continue
+        if not (capabilities.atomic_add and capabilities.compare_and_delete):
+            unable.setdefault(alias, []).append(what)
+    messages: list[checks.CheckMessage] = []
+    for alias, users in unable.items():
+        config = settings.CACHES.get(alias)
+        what = (
+            f"is a {config.get('BACKEND')}, which has no atomic add and "
+            f"compare-and-delete"
+            if config is not None
+            else "is not in CACHES"
+        )
+        messages.append(
+            checks.Error(
+                f"Cache {alias!r} {what}, so it cannot hold the cross-process "
+                f"lock that {', '.join(users)} need(s): they would raise "
+                f"LockNotSupported.",
+                hint="Give them cache_alias= naming a Redis, memcached or "
+                "database cache, or point SYNCACHE['CACHE_ALIAS'] at one.",
+                id="syncache.E004",
+            )
+        )
+    return messages

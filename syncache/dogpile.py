@@ -532,12 +532,37 @@ def _read(medium: Medium, value_key: str, fresh_key: str) -> tuple[Any, float]:
     return stored[0], (math.inf if fresh is not None else -math.inf)
 
 
+def early_expiry(duration: float, beta: float, draw: float | None = None) -> float:
+    """Seconds to take off a value's freshness: XFetch's early recomputation.
+
+    XFetch (Vattani, Chierichetti and Lowenstein, "Optimal probabilistic
+    cache stampede prevention", VLDB 2015) recomputes a value before it
+    expires, the more likely the closer the expiry and the longer the value
+    took to compute: ``duration * beta * -ln(U)`` seconds early, with ``U``
+    uniform in (0, 1]. XFetch draws at every read and compares with the
+    expiry time; here the draw is made once, when the value is stored, and
+    shortens the fresh marker's timeout instead. The recomputation then
+    starts at the same random point, with no timestamp read or compared and
+    no extra round trip.
+
+    Args:
+        duration: Seconds the creator took (monotonic clock).
+        beta: XFetch's parameter; 0 turns early recomputation off, 1 is the
+            paper's default, more recomputes earlier.
+        draw: ``-ln(U)``, an exponential variate; default: a fresh one.
+    """
+    if beta <= 0 or duration <= 0:
+        return 0.0
+    return duration * beta * (random.expovariate(1.0) if draw is None else draw)
+
+
 def _store(
     medium: Medium,
     key: KeyInput,
     value: Any,
     expiretime: float | None,
     stale_ttl: float,
+    early: float = 0.0,
 ) -> None:
     value_key = make_cache_key(key)
     wrapped = (value,)
@@ -554,7 +579,7 @@ def _store(
         fresh_timeout: float | None = None
     else:
         value_timeout = expiretime + stale_ttl
-        fresh_timeout = expiretime
+        fresh_timeout = max(0.0, expiretime - early)
     # The value first: a reader that sees the new marker sees the new value.
     medium.attempt(
         "storing",
@@ -570,6 +595,20 @@ def _store(
         )
 
 
+def _check_beta(beta: float) -> None:
+    if not (isinstance(beta, (int, float)) and 0 <= beta < math.inf):
+        raise ValueError(
+            f"beta must be a finite number >= 0 (0 turns early recomputation "
+            f"off, 1 is XFetch's usual value), not {beta!r}."
+        )
+
+
+#: Where lock features were declared at import time, for the system check
+#: that their cache can hold a lock (syncache.E004): what -> cache alias
+#: (None: ``SYNCACHE["CACHE_ALIAS"]``).
+lock_users: dict[str, str | None] = {}
+
+
 def get_or_create(
     key: KeyInput,
     creator: Callable[[], T],
@@ -577,6 +616,7 @@ def get_or_create(
     *,
     stale_ttl: float = DEFAULT_STALE_TTL,
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+    beta: float = 0.0,
     cache_alias: str | None = None,
 ) -> T:
     """Return the cached value of ``key``, with one creator per expiry.
@@ -602,7 +642,14 @@ def get_or_create(
             recomputes it; after that it is gone and callers wait.
         lock_timeout: Seconds a creator may hold the lock; a creator that
             takes longer loses it (a warning is logged) and another may
-            start.
+            start. The late creator's value is returned to its caller but
+            not stored, so it cannot overwrite the newer value of the
+            process that took over.
+        beta: Recompute early (XFetch, see :func:`early_expiry`): each
+            stored value stops being fresh ``duration * beta * -ln(U)``
+            seconds before ``expiretime``, where ``duration`` is how long
+            the creator took. 0 (the default) turns it off; 1 is XFetch's
+            usual choice.
         cache_alias: Default: ``SYNCACHE["CACHE_ALIAS"]``.
 
     Returns:
@@ -617,6 +664,7 @@ def get_or_create(
     If the cache backend fails, the creator runs in this process under an
     in-process lock, and its value is returned (the failure is logged).
     """
+    _check_beta(beta)
     alias = get_config().cache_alias if cache_alias is None else cache_alias
     medium = get_medium(alias)
     value_key = make_cache_key(key)
@@ -635,8 +683,13 @@ def get_or_create(
         else:
             if createdtime == math.inf:
                 return value, createdtime
+        started = time.monotonic()
         value = creator()
-        _store(medium, key, value, expiretime, stale_ttl)
+        early = early_expiry(time.monotonic() - started, beta)
+        if mutex.extend():
+            _store(medium, key, value, expiretime, stale_ttl, early)
+        # else: the lock expired while creating (extend() logged it) and
+        # another process may have stored a newer value: keep that one.
         return value, math.inf
 
     with Lock(mutex, create, read, 0) as value:
@@ -666,6 +719,7 @@ def cache_on_arguments(
     namespace: str | None = None,
     stale_ttl: float = DEFAULT_STALE_TTL,
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+    beta: float = 0.0,
     cache_alias: str | None = None,
 ) -> Callable[[Callable[..., T]], Callable[..., T]]:
     """Decorate a function so its results go through :func:`get_or_create`.
@@ -676,8 +730,11 @@ def cache_on_arguments(
     ``invalidate(*args, hard=False, **kwargs)`` attribute.
     """
 
+    _check_beta(beta)
+
     def decorator(function: Callable[..., T]) -> Callable[..., T]:
         prefix = namespace or f"{function.__module__}.{function.__qualname__}"
+        lock_users[f"@cache_on_arguments on {prefix}"] = cache_alias
 
         def key_for(args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[str]:
             return [
@@ -694,6 +751,7 @@ def cache_on_arguments(
                 expiretime,
                 stale_ttl=stale_ttl,
                 lock_timeout=lock_timeout,
+                beta=beta,
                 cache_alias=cache_alias,
             )
 
@@ -719,6 +777,8 @@ __all__ = [
     "ReadWriteMutex",
     "UnpicklableValue",
     "cache_on_arguments",
+    "early_expiry",
     "get_or_create",
     "invalidate",
+    "lock_users",
 ]

@@ -88,3 +88,46 @@ def test_w004_no_client_timeout(
 def test_database_cache_is_clean() -> None:
     caches = _caches("django.core.cache.backends.db.DatabaseCache", LOCATION="t")
     assert _ids(CACHES=caches) == []
+
+
+def test_e004_lock_feature_on_a_cache_without_locks(tmp_path: Any) -> None:
+    from unittest import mock
+
+    from syncache import cache_on_arguments
+    from syncache.dogpile import lock_users
+
+    file_cache = {
+        "BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
+        "LOCATION": str(tmp_path),
+    }
+    caches = {"default": {"BACKEND": LOCMEM}, "files": file_cache}
+    with mock.patch.dict(lock_users, clear=True):
+        assert "syncache.E004" not in _ids(CACHES=caches)
+
+        @cache_on_arguments(60, cache_alias="files")
+        def report() -> int:
+            return 1
+
+        @cache_on_arguments(60, cache_alias="nowhere")
+        def other() -> int:
+            return 2
+
+        @cache_on_arguments(60)  # the default alias (locmem) can lock
+        def fine() -> int:
+            return 3
+
+        with override_settings(CACHES=caches):
+            errors = [
+                m
+                for m in checks.run_checks(tags=["syncache"])
+                if m.id == "syncache.E004"
+            ]
+    assert len(errors) == 2
+    files, nowhere = sorted(errors, key=lambda m: m.msg)
+    assert "'files'" in files.msg and "FileBasedCache" in files.msg
+    assert (
+        "test_e004_lock_feature_on_a_cache_without_locks.<locals>.report" in files.msg
+    )
+    assert "'nowhere'" in nowhere.msg and "not in CACHES" in nowhere.msg
+    assert "fine" not in files.msg + nowhere.msg
+    assert "cache_alias=" in (files.hint or "")

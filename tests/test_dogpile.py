@@ -34,7 +34,7 @@ from syncache import (
     cache_on_arguments,
     get_or_create,
 )
-from syncache.dogpile import invalidate
+from syncache.dogpile import early_expiry, invalidate
 
 #: dogpile's scenarios take 4-55 s each; the same ratios at a tenth of that
 #: (and "return while in progress" with 10 usages per thread instead of 50).
@@ -587,6 +587,59 @@ def test_decorator(lock_backend: Any) -> None:
     add.invalidate(1, b=2)  # type: ignore[attr-defined]
     assert add(1, b=2) == 3
     assert calls == [(1, 2), (2, 0), (1, 2)]
+
+
+# -- early recomputation (XFetch) -----------------------------------------------
+
+
+def test_early_expiry_is_xfetchs_gap() -> None:
+    assert early_expiry(0.5, 0.0) == 0.0, "beta 0: off"
+    assert early_expiry(0.0, 1.0) == 0.0, "an instant creator: nothing early"
+    assert early_expiry(0.5, 2.0, draw=3.0) == pytest.approx(3.0)
+    draws = [early_expiry(0.1, 1.0) for _ in range(2000)]
+    assert min(draws) >= 0
+    # Exponential with mean duration * beta (0.1): the sample mean is within
+    # 0.08-0.12 with overwhelming probability (sd of the mean ~0.0022).
+    assert 0.08 < sum(draws) / len(draws) < 0.12
+
+
+def _slow_creator(value: Any) -> Any:
+    def creator() -> Any:
+        began = time.monotonic()
+        while time.monotonic() == began:  # a measurable duration, however small
+            pass
+        return value
+
+    return creator
+
+
+def test_beta_recomputes_before_expiretime(lock_backend: Any) -> None:
+    # A gap of (duration * 1e12 * draw) seconds exceeds the 600 s freshness
+    # unless the draw is below ~1e-9: the value is stored already stale, and
+    # the next caller (lock free) recomputes it while 600 s have not passed.
+    assert get_or_create("x", _slow_creator("v1"), 600, beta=1e12) == "v1"
+    assert get_or_create("x", _slow_creator("v2"), 600, beta=1e12) == "v2"
+    # Without beta the same value stays fresh.
+    assert get_or_create("y", _slow_creator("v1"), 600) == "v1"
+    assert get_or_create("y", _slow_creator("v2"), 600) == "v1"
+
+
+def test_early_stale_value_is_still_served_to_others(lock_backend: Any) -> None:
+    get_or_create("x", _slow_creator("old"), 600, beta=1e12)
+    holder = CacheMutex("x", timeout=30)
+    assert holder.acquire(wait=False)
+    try:
+        assert get_or_create("x", _slow_creator("new"), 600, beta=1e12) == "old"
+    finally:
+        holder.release()
+
+
+@pytest.mark.parametrize("beta", [-1, math.inf, math.nan, "1"])
+def test_bad_beta_is_a_clear_error(beta: Any) -> None:
+    with pytest.raises(ValueError, match="beta must be a finite number >= 0"):
+        get_or_create("k", _creator(1), 60, beta=beta)
+    with pytest.raises(ValueError, match="beta must be"):
+        cache_on_arguments(60, beta=beta)
 
 
 # -- outage ------------------------------------------------------------------------

@@ -190,3 +190,40 @@ def test_a_failing_creator_frees_the_lock_and_stores_nothing(
     assert results == [f"creator of worker {i} failed" for i in range(3)]
     assert not CacheMutex("failing").locked()
     assert get_or_create("failing", lambda: "ok", 60) == "ok"
+
+
+def create_slowly(index: int, creating: Any, go: Any) -> str:
+    def creator() -> str:
+        creating.set()
+        if not go.wait(WAIT):
+            raise TimeoutError("the parent never let the creator finish")
+        return "late"
+
+    return get_or_create("late", creator, 60, lock_timeout=1)
+
+
+def test_a_creator_outliving_its_lock_does_not_overwrite_the_takeover(
+    shared_lock_backend: Any,
+) -> None:
+    """The creator in another process holds a 1 s lock and goes on for
+    longer: this process waits for the lock's expiry, takes over and stores
+    its value. The late creator's caller gets its own value, but it is not
+    stored over the newer one."""
+    creating, go = make_event(), make_event()
+    workers = start_processes(
+        create_slowly,
+        1,
+        creating,
+        go,
+        settings_overrides=shared_lock_backend.settings_overrides,
+    )
+    try:
+        assert creating.wait(WAIT)
+        value = get_or_create("late", lambda: "takeover", 60, lock_timeout=WAIT)
+    finally:
+        go.set()
+        [late] = workers.join()
+    assert value == "takeover"
+    assert late == "late", "the late creator's caller gets what it computed"
+    assert get_or_create("late", lambda: "again", 60) == "takeover", "not overwritten"
+    assert not CacheMutex("late").locked()
