@@ -69,6 +69,7 @@ nitpick_ignore_regex = [
     (r"py:.*", r"(syncache\.local\.)?_Registry"),
     (r"py:.*", r"(syncache\.hooks\.)?TargetT"),
     (r"py:.*", r"(syncache\.groups\.)?(T|ViewT)"),
+    (r"py:.*", r"(syncache\.dogpile\.)?(T|V)"),
 ]
 
 # -- autodoc / napoleon --------------------------------------------------------

@@ -772,6 +772,7 @@ __all__ = [
     "LockError",
     "LockNotOwned",
     "LockNotSupported",
+    "Mutex",
     "NameRegistry",
     "NeedRegenerationException",
     "ReadWriteMutex",
