@@ -35,6 +35,17 @@ DEFAULTS: dict[str, Any] = {
     # How many times a bump is retried when a backend dropped the write
     # (Django's DatabaseCache swallows database errors in set()).
     "WRITE_RETRIES": 8,
+    # Push invalidations over Redis pub/sub: every bump publishes its key and
+    # a listener thread in each process clears what it names, so the
+    # request-start check costs no round trip while the subscription is
+    # healthy. Needs a Redis cache alias, or PUSH_URL.
+    "PUSH": False,
+    # A Redis URL for the pub/sub channel when the cache alias is not Redis
+    # (or another Redis should carry it); None: the cache alias's own Redis.
+    "PUSH_URL": None,
+    # Seconds after which a holder reads the shared cache again even when no
+    # message came: the bound on the damage of a lost message.
+    "PUSH_RECHECK_INTERVAL": 5.0,
 }
 
 FAILURE_POLICIES = ("expire", "raise")
@@ -54,6 +65,9 @@ class Config:
     log_interval: float
     check_interval: float
     write_retries: int
+    push: bool
+    push_url: str | None
+    push_recheck_interval: float
 
 
 class ImproperlyConfiguredSyncache(Exception):
@@ -112,6 +126,28 @@ def config_problems(raw: object) -> list[str]:
                 f"SYNCACHE[{name!r}] must be a number of seconds >= 0, "
                 f"not {interval!r}."
             )
+    if not isinstance(merged["PUSH"], bool):
+        problems.append(
+            f"SYNCACHE['PUSH'] must be True or False, not {merged['PUSH']!r}."
+        )
+    url = merged["PUSH_URL"]
+    if url is not None and not (
+        isinstance(url, str) and url.startswith(("redis://", "rediss://", "unix://"))
+    ):
+        problems.append(
+            f"SYNCACHE['PUSH_URL'] must be None or a Redis URL (redis://, "
+            f"rediss:// or unix://), not {url!r}."
+        )
+    recheck = merged["PUSH_RECHECK_INTERVAL"]
+    if (
+        isinstance(recheck, bool)
+        or not isinstance(recheck, (int, float))
+        or not (0 < recheck < float("inf"))
+    ):
+        problems.append(
+            f"SYNCACHE['PUSH_RECHECK_INTERVAL'] must be a number of seconds "
+            f"> 0, not {recheck!r}."
+        )
     retries = merged["WRITE_RETRIES"]
     if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
         problems.append(
@@ -140,6 +176,9 @@ def get_config() -> Config:
         log_interval=float(merged["LOG_INTERVAL"]),
         check_interval=float(merged["CHECK_INTERVAL"]),
         write_retries=merged["WRITE_RETRIES"],
+        push=merged["PUSH"],
+        push_url=merged["PUSH_URL"],
+        push_recheck_interval=float(merged["PUSH_RECHECK_INTERVAL"]),
     )
 
 

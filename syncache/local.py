@@ -44,6 +44,7 @@ from django.db import transaction
 from syncache.conf import get_config
 from syncache.keys import make_cache_key
 from syncache.medium import FAILED, get_medium
+from syncache.push import Callback, Mark, listener_for, run_callbacks
 from syncache.synchronizer import (
     GenerationSynchronizer,
     fetch_generations,
@@ -114,6 +115,9 @@ class _Registry:
         #: it last did (``time.monotonic()``).
         self.check_count = 0
         self.last_check_at: float | None = None
+        #: Push mode, per cache alias: the listener's mark taken before the
+        #: last read of the generations.
+        self.push_marks: dict[str | None, Mark] = {}
 
     def append(self, cache: LocalSyncCache) -> None:
         number = next(self._numbers)
@@ -273,6 +277,7 @@ class LocalSyncCache(dict):  # type: ignore[type-arg]
         self.ext_clear_counter = 0
         self.stale_clear_counter = 0
         self.last_cleared: float | None = None
+        self._callbacks: list[Callback] = []
         self.INIT_COUNTER[id] = self.INIT_COUNTER.get(id, 0) + 1
         self.CACHES.append(self)
 
@@ -354,6 +359,8 @@ class LocalSyncCache(dict):  # type: ignore[type-arg]
             self._empty(serial)
             self._sync.adopt(stored)
             self._known = self._sync.sync_gen is not None
+            if self._callbacks:
+                run_callbacks(self._callbacks, self)
 
     def _clear_stale(self, serial: int) -> None:
         self.stale_clear_counter += 1
@@ -399,6 +406,21 @@ class LocalSyncCache(dict):  # type: ignore[type-arg]
     def mark_updated(self) -> None:
         """The same as :meth:`clear` (Djblets' name for it)."""
         self.clear()
+
+    def on_invalidate(self, callback: Callback) -> Callback:
+        """Call ``callback(cache)`` after a check emptied this dict because
+        its id was cleared by another instance or process.
+
+        With push (``SYNCACHE["PUSH"]``) that happens on the listener thread
+        as soon as the change arrives, so a process can refill the dict
+        eagerly (a registry, a routing table) instead of at its next use;
+        without push, at the next check (the middleware's, or
+        :func:`check_all`). Not called for this instance's own
+        :meth:`clear`. Keep it short; errors are logged, never raised.
+        Usable as a decorator.
+        """
+        self._callbacks.append(callback)
+        return callback
 
     def clear_locally(self) -> None:
         """Empty this process's dict only, without telling other processes.
@@ -492,7 +514,18 @@ def check_all(*, force: bool = False) -> None:
     registry = LocalSyncCache.CACHES
     views = registry.views()
     for alias, keys, indexes in views.groups:
+        listener = listener_for(alias)
+        if listener is not None:
+            last = registry.push_marks.get(alias)
+            if not force and last is not None and listener.quiet(last):
+                continue  # push mode: nothing changed, no round trip
+            mark = listener.mark()
         stored = read_generations(get_medium(alias), keys)
+        if listener is not None:
+            if any(value is FAILED for value in stored):
+                registry.push_marks.pop(alias, None)
+            else:
+                registry.push_marks[alias] = mark
         syncs = (
             views.syncs if len(views.groups) == 1 else [views.syncs[i] for i in indexes]
         )

@@ -136,6 +136,12 @@ class Medium:
         self._failures = 0
         self._suppressed = 0
         self._failure_logged = False
+        self._push_channel: str | None = None
+        self._push_client: Any = None
+        #: Called with each key this process bumped or invalidated, after
+        #: the change is stored (the push listener marks it at once, so this
+        #: process never waits for its own message).
+        self.on_publish: Callable[[str], object] | None = None
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} alias={self.alias!r}>"
@@ -254,17 +260,94 @@ class Medium:
         """Write a generation never written before to ``key``; return it.
 
         The epoch is moved after the generation, so a batched reader that
-        sees the old epoch re-reads the generations next time.
+        sees the old epoch re-reads the generations next time. In push mode
+        the key is then published to every process's listener.
         """
+        value = self._bump(key)
+        self._announce(key)
+        return value
+
+    def invalidate(self, key: str) -> None:
+        """Delete the generation at ``key``, move the epoch, publish."""
+        self._invalidate(key)
+        self._announce(key)
+
+    def _bump(self, key: str) -> Generation:
         value = new_generation()
         self.set(key, value)
         self.touch_epoch()
         return value
 
-    def invalidate(self, key: str) -> None:
-        """Delete the generation at ``key`` and move the epoch."""
+    def _invalidate(self, key: str) -> None:
         self.delete(key)
         self.touch_epoch()
+
+    # -- push (Redis pub/sub, see syncache.push) ----------------------------
+
+    @property
+    def push_mode(self) -> str | None:
+        """How bumps are pushed: ``"inline"`` (published in the bump's own
+        Redis transaction), ``"url"`` (published to ``SYNCACHE["PUSH_URL"]``
+        after the bump), or None (push is off, or this backend cannot push:
+        processes poll)."""
+        config = get_config()
+        if not config.push:
+            return None
+        if config.push_url is not None:
+            return "url"
+        return "inline" if self.capabilities.pubsub else None
+
+    @property
+    def push_channel(self) -> str:
+        """The pub/sub channel of this alias: its epoch key as Django stores
+        it, so sites sharing a Redis server with other prefixes never mix."""
+        channel = self._push_channel
+        if channel is None:
+            channel = self._push_channel = (
+                f"{self.cache.make_key(self.epoch_key)}!push"
+            )
+        return channel
+
+    def push_client(self) -> Any:
+        """The redis-py client that publishes and subscribes.
+
+        Raises:
+            NotImplementedError: push is off or impossible for this alias.
+        """
+        mode = self.push_mode
+        if mode == "url":
+            client = self._push_client
+            if client is None:
+                import redis
+
+                url = get_config().push_url
+                assert url is not None  # push_mode is "url"
+                # Bounded waits, as the system checks ask of cache clients.
+                client = self._push_client = redis.Redis.from_url(
+                    url, socket_timeout=5, socket_connect_timeout=5
+                )
+            return client
+        if mode == "inline":
+            return self.client()
+        raise NotImplementedError(
+            f"Cache {self.alias!r} does not push: SYNCACHE['PUSH'] is off, or "
+            f"the cache is not Redis and SYNCACHE['PUSH_URL'] is not set."
+        )
+
+    def client(self) -> Any:
+        """The redis-py client of a Redis cache (Redis media only)."""
+        raise NotImplementedError(f"Cache {self.alias!r} is not a Redis cache.")
+
+    def _announce(self, key: str) -> None:
+        """Tell this process's listener, and publish unless done inline."""
+        if self.push_mode == "url":
+            try:
+                self.push_client().publish(self.push_channel, key)
+            except Exception as error:  # the bump itself is stored
+                self._log_failure("publishing", key, error)
+        hook = self.on_publish
+        if hook is not None:
+            hook(key)
 
     def touch_epoch(self) -> None:
         """Write a fresh epoch for this alias and key prefix."""
@@ -393,7 +476,7 @@ class AtomicMedium(Medium):
             f"{self.alias!r}: it disappeared after every write."
         )
 
-    def bump(self, key: str) -> Generation:
+    def _bump(self, key: str) -> Generation:
         """Increment the generation; a missing key is seeded at random."""
         for _ in range(get_config().write_retries + 1):
             try:
@@ -740,20 +823,24 @@ class RedisMedium(Medium):
     def delete(self, key: str) -> None:
         self.client().delete(self.full_key(key))
 
-    def bump(self, key: str) -> Generation:
-        """Seed-if-missing, increment and move the epoch: one ``MULTI``."""
+    def _bump(self, key: str) -> Generation:
+        """Seed-if-missing, increment, move the epoch (and in push mode
+        publish the key): one ``MULTI``."""
         full = self.full_key(key)
         pipe = self.client().pipeline(transaction=True)
         pipe.set(full, new_generation(), nx=True)
         pipe.incr(full)
         pipe.set(self.full_key(self.epoch_key), new_generation())
-        _, value, _ = pipe.execute()
-        return int(value)
+        if self.push_mode == "inline":
+            pipe.publish(self.push_channel, key)
+        return int(pipe.execute()[1])
 
-    def invalidate(self, key: str) -> None:
+    def _invalidate(self, key: str) -> None:
         pipe = self.client().pipeline(transaction=True)
         pipe.delete(self.full_key(key))
         pipe.set(self.full_key(self.epoch_key), new_generation())
+        if self.push_mode == "inline":
+            pipe.publish(self.push_channel, key)
         pipe.execute()
 
     def touch_epoch(self) -> None:

@@ -27,8 +27,10 @@ from dataclasses import dataclass
 
 from django.core.cache.backends.base import memcache_key_warnings
 
+from syncache.conf import get_config
 from syncache.keys import KeyInput, make_cache_key
 from syncache.medium import FAILED, Generation, Medium, _Failed, get_medium
+from syncache.push import Callback, Mark, listener_for, run_callbacks
 
 
 class GenerationSynchronizer:
@@ -92,6 +94,11 @@ class GenerationSynchronizer:
         self.cache_key: str = cache_key
         self.cache_alias = cache_alias
         self.sync_gen: Generation | None = None
+        # Push mode: the listener's mark taken before the read that
+        # established sync_gen (None: read again at the next check).
+        self._push_mark: Mark | None = None
+        self._callbacks: list[Callback] = []
+        self._notified: Generation | None = None
         _registry.add(self)
         if not lazy:
             self.refresh()
@@ -114,13 +121,22 @@ class GenerationSynchronizer:
             is missing, or cannot be read; False when this instance holds
             the latest generation.
         """
+        listener = listener_for(self.cache_alias)
+        mark: Mark | None = None
+        if listener is not None:
+            mark = self._push_mark
+            if mark is not None and listener.quiet(mark, self.cache_key):
+                return False  # push mode: nothing changed, no round trip
+            mark = listener.mark()
         medium = self.medium
         stored = medium.attempt(
             "checking for expiration in",
             self.cache_key,
             lambda: medium.get(self.cache_key),
         )
-        return is_expired_value(stored, self.sync_gen)
+        expired = is_expired_value(stored, self.sync_gen)
+        self._push_mark = None if listener is None or expired else mark
+        return expired
 
     def refresh(self) -> None:
         """Adopt the stored generation, creating it if it is missing.
@@ -128,11 +144,13 @@ class GenerationSynchronizer:
         Call it after reloading the state. A backend error leaves
         :attr:`sync_gen` None (unknown), so the next check is expired.
         """
+        mark = self._mark()
         medium = self.medium
         stored = medium.attempt(
             "refreshing", self.cache_key, lambda: medium.seed(self.cache_key)
         )
         self.sync_gen = None if stored is FAILED else stored
+        self._push_mark = None if stored is FAILED else mark
 
     def adopt(self, generation: Generation | None) -> None:
         """Adopt a generation read earlier (by :func:`fetch_generations`).
@@ -146,11 +164,15 @@ class GenerationSynchronizer:
             self.sync_gen = None
         elif generation is None:
             self.refresh()
+            return
         else:
             self.sync_gen = generation
+        # Read at an unknown moment: in push mode, read again next time.
+        self._push_mark = None
 
     def clear(self) -> None:
         """Delete the stored generation: every holder becomes expired."""
+        self._push_mark = None
         medium = self.medium
         medium.attempt(
             "clearing", self.cache_key, lambda: medium.invalidate(self.cache_key)
@@ -163,6 +185,7 @@ class GenerationSynchronizer:
         own change. On a backend error the change cannot be recorded; it is
         logged, and this instance's :attr:`sync_gen` becomes None.
         """
+        mark = self._mark()
         medium = self.medium
         stored = medium.attempt(
             "marking as updated",
@@ -170,6 +193,25 @@ class GenerationSynchronizer:
             lambda: medium.bump(self.cache_key),
         )
         self.sync_gen = None if stored is FAILED else stored
+        self._push_mark = None if stored is FAILED else mark
+
+    def _mark(self) -> Mark | None:
+        listener = listener_for(self.cache_alias)
+        return None if listener is None else listener.mark()
+
+    def on_invalidate(self, callback: Callback) -> Callback:
+        """Call ``callback(synchronizer)`` when another process changes it.
+
+        In push mode (``SYNCACHE["PUSH"]``) the listener thread calls it as
+        soon as a change of this key reaches the process, once per new
+        generation, so a process can reload its state eagerly instead of
+        at its next :meth:`is_expired`; the callback typically reloads and
+        calls :meth:`refresh`. Without push nothing calls it: polling has
+        no moment to call it from. Keep it short (it runs on the listener
+        thread); errors are logged, never raised. Usable as a decorator.
+        """
+        self._callbacks.append(callback)
+        return callback
 
 
 #: Every live synchronizer of this process, for ``manage.py syncache``.
@@ -179,6 +221,31 @@ _registry: weakref.WeakSet[GenerationSynchronizer] = weakref.WeakSet()
 def all_synchronizers() -> list[GenerationSynchronizer]:
     """Return every live synchronizer of this process."""
     return list(_registry)
+
+
+def notify_expired(alias: str, keys: set[str] | None) -> None:
+    """Call the ``on_invalidate`` callbacks of the expired synchronizers of
+    cache ``alias`` (those with a key in ``keys``; None: all of them).
+
+    Each is called once per stored generation: one read for all of them.
+    """
+    default = get_config().cache_alias
+    syncs = [
+        sync
+        for sync in list(_registry)
+        if sync._callbacks
+        and (sync.cache_alias or default) == alias
+        and (keys is None or sync.cache_key in keys)
+    ]
+    if not syncs:
+        return
+    for sync, stored in zip(syncs, fetch_generations(syncs, fresh=True), strict=True):
+        if stored is FAILED or not is_expired_value(stored, sync.sync_gen):
+            continue
+        if stored is not None and stored == sync._notified:
+            continue
+        sync._notified = stored
+        run_callbacks(sync._callbacks, sync)
 
 
 def is_expired_value(stored: object, held: object) -> bool:
