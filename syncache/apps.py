@@ -17,3 +17,4 @@ class SyncacheConfig(AppConfig):
         checks.register(syncache_checks.check_cache_backend, "syncache", "caches")
         checks.register(syncache_checks.check_middleware, "syncache")
         checks.register(syncache_checks.check_lock_backends, "syncache", "caches")
+        checks.register(syncache_checks.check_push, "syncache", "caches")

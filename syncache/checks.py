@@ -200,3 +200,56 @@ def check_lock_backends(
             )
         )
     return messages
+
+
+def check_push(
+    app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
+) -> list[checks.CheckMessage]:
+    """I001, W006: with ``SYNCACHE["PUSH"]``, which mode the alias runs in."""
+    if config_problems(getattr(settings, "SYNCACHE", None)):
+        return []
+    config = get_config()
+    if not config.push or config.cache_alias not in settings.CACHES:
+        return []
+    from syncache.medium import get_medium
+
+    alias = config.cache_alias
+    try:
+        medium = get_medium(alias)
+    except Exception:  # Django's own cache checks report a broken alias.
+        return []
+    mode = medium.push_mode
+    if mode is None:
+        return [
+            checks.Warning(
+                f"SYNCACHE['PUSH'] is on, but cache {alias!r} "
+                f"({settings.CACHES[alias].get('BACKEND')}) is not Redis and "
+                f"SYNCACHE['PUSH_URL'] is not set: every process polls the "
+                f"cache at each check instead.",
+                hint="Set SYNCACHE['PUSH_URL'] to a Redis URL, or use a Redis "
+                "cache alias, or turn PUSH off.",
+                id="syncache.W006",
+            )
+        ]
+    if mode == "url":
+        try:
+            import redis  # noqa: F401
+        except ImportError:
+            return [
+                checks.Error(
+                    "SYNCACHE['PUSH_URL'] is set but the redis package is not "
+                    "installed.",
+                    hint="pip install 'syncache[redis]'.",
+                    id="syncache.E005",
+                )
+            ]
+    where = "SYNCACHE['PUSH_URL']" if mode == "url" else "the cache's own Redis"
+    return [
+        checks.Info(
+            f"Cache {alias!r} runs in push mode: invalidations arrive over "
+            f"{where} on channel {medium.push_channel!r}; checks read the "
+            f"cache only when a message came, the subscription is down, or "
+            f"the last read is older than {config.push_recheck_interval:g} s.",
+            id="syncache.I001",
+        )
+    ]

@@ -103,6 +103,7 @@ class Listener:
         self.recheck_interval = get_config().push_recheck_interval
         self.seq = next(_seqs)
         self.trusted_from: int | None = None
+        self._ready = False
         self.last_heard = -math.inf
         self.last_seen: dict[str, int] = {}
         self.messages = 0
@@ -155,10 +156,11 @@ class Listener:
         self.seq = seq
 
     def wait_trusted(self, timeout: float | None = None) -> bool:
-        """Block until the subscription is confirmed; return whether it is."""
+        """Block until the subscription is confirmed and this process was
+        brought up to date after it; return whether it is."""
         with self._trusted:
             return self._trusted.wait_for(
-                lambda: self.trusted_from is not None, timeout
+                lambda: self._ready and self.trusted_from is not None, timeout
             )
 
     # -- the thread ------------------------------------------------------------
@@ -172,6 +174,7 @@ class Listener:
         self._distrust()
 
     def _distrust(self) -> None:
+        self._ready = False
         self.trusted_from = None
         self.seq = next(_seqs)
 
@@ -213,10 +216,11 @@ class Listener:
     def _trust(self) -> None:
         # Everything read before this moment may have missed messages:
         # every holder reads once more before it trusts push again.
-        with self._trusted:
-            self.trusted_from = self.seq = next(_seqs)
-            self._trusted.notify_all()
+        self.trusted_from = self.seq = next(_seqs)
         self._refresh(None)
+        with self._trusted:
+            self._ready = True
+            self._trusted.notify_all()
 
     def _listen(self, pubsub: Any) -> None:
         pinged = rechecked = time.monotonic()

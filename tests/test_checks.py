@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Any
+from unittest import mock
 
 import pytest
 from django.core import checks
@@ -131,3 +132,32 @@ def test_e004_lock_feature_on_a_cache_without_locks(tmp_path: Any) -> None:
     assert "'nowhere'" in nowhere.msg and "not in CACHES" in nowhere.msg
     assert "fine" not in files.msg + nowhere.msg
     assert "cache_alias=" in (files.hint or "")
+
+
+def test_push_mode_is_reported(redis_server: Any) -> None:
+    memcached = "django.core.cache.backends.memcached.PyMemcacheCache"
+    caches = _caches(memcached, LOCATION="127.0.0.1:1", OPTIONS={"timeout": 0.5})
+    assert _ids(CACHES=caches, SYNCACHE={"PUSH": True}) == ["syncache.W006"]
+    with_url = {"PUSH": True, "PUSH_URL": redis_server.url}
+    assert _ids(CACHES=caches, SYNCACHE=with_url) == ["syncache.I001"]
+    redis_cache = _caches(
+        REDIS, LOCATION=redis_server.url, OPTIONS={"socket_timeout": 1}
+    )
+    assert _ids(CACHES=redis_cache, SYNCACHE={"PUSH": True}) == ["syncache.I001"]
+    assert _ids(CACHES=redis_cache) == [], "nothing is said while PUSH is off"
+    with mock.patch.dict("sys.modules", {"redis": None}):
+        assert "syncache.E005" in _ids(CACHES=caches, SYNCACHE=with_url)
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("PUSH", "yes"),
+        ("PUSH_URL", "http://127.0.0.1:6379"),
+        ("PUSH_URL", 6379),
+        ("PUSH_RECHECK_INTERVAL", 0),
+        ("PUSH_RECHECK_INTERVAL", True),
+    ],
+)
+def test_e001_bad_push_settings(key: str, value: Any) -> None:
+    assert _ids(SYNCACHE={key: value}) == ["syncache.E001"]

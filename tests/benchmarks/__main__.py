@@ -75,7 +75,7 @@ def configure(redis_url: str) -> None:
     django.setup()
 
 
-def run(number: int, repeat: int) -> list[Row]:
+def run(number: int, repeat: int, redis_url: str) -> list[Row]:
     from django.core.cache import caches
 
     from syncache import GenerationSynchronizer, expired_many
@@ -135,10 +135,12 @@ def run(number: int, repeat: int) -> list[Row]:
         )
     rows.extend(local_cache_rows(client, get_time, number, repeat))
 
-    from tests.benchmarks import dogpile, groups
+    from tests.benchmarks import dogpile, groups, push, spinlock
 
     rows.extend(groups.rows(number, repeat))
     rows.extend(dogpile.rows(number, repeat))
+    rows.extend(spinlock.rows(number, repeat))
+    rows.extend(push.rows(number, repeat, redis_url))
     return rows
 
 
@@ -259,8 +261,9 @@ def main(argv: list[str] | None = None) -> int:
     server = RedisServer()
     server.start()
     try:
-        configure(f"redis://127.0.0.1:{server.port}/0")
-        report(run(number, repeat), args.json, args.quick)
+        url = f"redis://127.0.0.1:{server.port}/0"
+        configure(url)
+        report(run(number, repeat, url), args.json, args.quick)
     finally:
         server.stop()
     return 0
