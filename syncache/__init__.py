@@ -34,6 +34,19 @@ from syncache.hooks import clear_on_change, invalidate, invalidate_on_commit
 from syncache.keys import make_cache_key
 from syncache.local import CacheIdError, LocalSyncCache, check_all, checked
 from syncache.medium import FAILED, Capabilities, WriteNotConfirmed, get_medium
+from syncache.spinlock import (
+    AtomicQueryInvalidStateException,
+    DSpinlockBase,
+    DSpinlockError,
+    FailIfKeyExistsIsEnabled,
+    HashDSpinlock,
+    InvalidMutexReleaseEncountered,
+    InvalidValueEncounteredDuringUnpacking,
+    ProvidedObjectIsNotHashable,
+    RedisNotInitializedException,
+    SpinlockTriesExceeded,
+    fenced_update,
+)
 from syncache.synchronizer import (
     GenerationSynchronizer,
     expired_many,
@@ -42,13 +55,20 @@ from syncache.synchronizer import (
 
 __all__ = [
     "FAILED",
+    "AtomicQueryInvalidStateException",
     "CacheIdError",
     "CacheMutex",
     "Capabilities",
+    "DSpinlockBase",
+    "DSpinlockError",
+    "FailIfKeyExistsIsEnabled",
     "GenerationSynchronizer",
     "Group",
     "GroupError",
     "GroupKeyError",
+    "HashDSpinlock",
+    "InvalidMutexReleaseEncountered",
+    "InvalidValueEncounteredDuringUnpacking",
     "LocalSyncCache",
     "Lock",
     "LockError",
@@ -57,7 +77,10 @@ __all__ = [
     "NameRegistry",
     "NeedRegenerationException",
     "NotGroupCachedError",
+    "ProvidedObjectIsNotHashable",
     "ReadWriteMutex",
+    "RedisNotInitializedException",
+    "SpinlockTriesExceeded",
     "UnpicklableValue",
     "WriteNotConfirmed",
     "cache_on_arguments",
@@ -70,6 +93,7 @@ __all__ = [
     "checked",
     "clear_on_change",
     "expired_many",
+    "fenced_update",
     "fetch_generations",
     "get_medium",
     "get_or_create",

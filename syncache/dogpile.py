@@ -36,6 +36,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Hashable
+from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
 from syncache.conf import get_config
@@ -279,6 +280,51 @@ class ReadWriteMutex:
             self._condition.notify_all()
 
 
+#: The longest pause of a waiting :class:`CacheMutex` where a release wakes
+#: waiters at once (Redis): it only bounds how late an expired lock is seen.
+SIGNALLED_BACKOFF_CAP = 1.0
+#: Where a release wakes waiters, the short polls before waiting for it.
+SHORT_POLLS = 2
+
+
+def backoff_cap(medium: Medium) -> float:
+    """The longest pause between two tries of a waiting :class:`CacheMutex`."""
+    return SIGNALLED_BACKOFF_CAP if medium.lock_signals else BACKOFF_CAP
+
+
+def backoff_pause(medium: Medium, tries: int, cap: float) -> float:
+    """Seconds a waiter pauses after its ``tries``-th failed try (1, 2...).
+
+    Exponential from :data:`BACKOFF_START`, with up to half of it off at
+    random (waiters that started together do not retry together), at most
+    ``cap``. Where a release wakes a waiter at once (Redis), a few short
+    polls catch a lock held for a moment, then the waiter waits the whole
+    ``cap``: the release ends that wait, so a long one costs nothing.
+    """
+    if medium.lock_signals and tries > SHORT_POLLS:
+        return cap
+    delay = BACKOFF_START * 2.0 ** min(tries - 1, 30)
+    return min(delay / 2 + random.uniform(0, delay / 2), cap)
+
+
+def wait_for_release(medium: Medium, lock_key: str, seconds: float) -> bool:
+    """Wait at most ``seconds`` for the lock at ``lock_key`` to be released.
+
+    On Redis the release wakes one waiter at once; elsewhere this sleeps
+    (:meth:`~syncache.medium.Medium.lock_wait`). A backend error is logged
+    and ends the wait: the next try meets the same outage and handles it.
+
+    Returns:
+        Whether a release woke this waiter before ``seconds`` had passed.
+    """
+    woken = medium.attempt(
+        "waiting for lock",
+        lock_key,
+        functools.partial(medium.lock_wait, lock_key, max(0.0, seconds)),
+    )
+    return woken is True
+
+
 class CacheMutex:
     """A mutex shared by every process that uses the same Django cache.
 
@@ -401,7 +447,7 @@ class CacheMutex:
         self, medium: Medium, wait: bool, deadline: float | None
     ) -> bool:
         token = secrets.token_hex(16)
-        delay = BACKOFF_START
+        tries = 0
         while True:
             taken = medium.attempt(
                 "acquiring lock",
@@ -422,15 +468,20 @@ class CacheMutex:
             now = time.monotonic()
             if not wait or (deadline is not None and now >= deadline):
                 return False
-            pause = delay / 2 + random.uniform(0, delay / 2)
-            time.sleep(pause if deadline is None else min(pause, deadline - now))
-            delay = min(delay * 2, BACKOFF_CAP)
+            tries += 1
+            pause = backoff_pause(medium, tries, backoff_cap(medium))
+            wait_for_release(
+                medium,
+                self.lock_key,
+                pause if deadline is None else min(pause, deadline - now),
+            )
 
     def _hold(self, token: str | None, fence: int | None) -> None:
         self._token = token
         self.degraded = token is None
         self.fencing_token = fence
         self._acquired_at = time.monotonic()
+        _held.add(self)
 
     def _check_held(self, action: str) -> str | None:
         if self._token is None and not self.degraded:
@@ -474,6 +525,7 @@ class CacheMutex:
                 self._report_lost("release")
             return bool(released)
         finally:
+            _held.discard(self)
             self._token = None
             self.degraded = False
             self.fencing_token = None
@@ -513,6 +565,83 @@ class CacheMutex:
             "checking lock", self.lock_key, lambda: medium.lock_held(self.lock_key)
         )
         return self._local.locked() if held is FAILED else bool(held)
+
+
+@dataclass(frozen=True)
+class HeldMutex:
+    """A :class:`CacheMutex` held in this process, as :func:`held_mutexes` saw it."""
+
+    mutex: CacheMutex
+    #: The key of the lock in the cache.
+    lock_key: str
+    cache_alias: str | None
+    #: The random owner token stored at the lock key; None when degraded.
+    owner: str | None
+    #: The fencing token of this acquisition (None: degraded, or not written).
+    fencing_token: int | None
+    #: Held in this process only: the backend failed at acquisition.
+    degraded: bool
+    #: The name of the thread that acquired it.
+    thread: str
+    #: Seconds since it was acquired (this process's monotonic clock).
+    held_for: float
+    #: The lock's timeout in seconds (an ``extend()`` restarts it).
+    timeout: float
+
+
+class _HeldMutexes:
+    """The held :class:`CacheMutex` objects of this process, held weakly.
+
+    A mutex is added when an acquisition succeeds, after its state is set,
+    and removed first thing when it is released, before its state is reset;
+    both under one lock, so a snapshot never sees half of either.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._held: weakref.WeakKeyDictionary[CacheMutex, str] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def add(self, mutex: CacheMutex) -> None:
+        with self._lock:
+            self._held[mutex] = threading.current_thread().name
+
+    def discard(self, mutex: CacheMutex) -> None:
+        with self._lock:
+            self._held.pop(mutex, None)
+
+    def snapshot(self) -> list[HeldMutex]:
+        now = time.monotonic()
+        with self._lock:
+            held = [
+                HeldMutex(
+                    mutex=mutex,
+                    lock_key=mutex.lock_key,
+                    cache_alias=mutex.cache_alias,
+                    owner=mutex._token,
+                    fencing_token=mutex.fencing_token,
+                    degraded=mutex.degraded,
+                    thread=thread,
+                    held_for=now - mutex._acquired_at,
+                    timeout=mutex.timeout,
+                )
+                for mutex, thread in list(self._held.items())
+            ]
+        return sorted(held, key=lambda h: (h.lock_key, h.thread))
+
+
+_held = _HeldMutexes()
+
+
+def held_mutexes() -> list[HeldMutex]:
+    """Every :class:`CacheMutex` this process holds now, sorted by lock key.
+
+    For the status page: what is held here, by which thread, with which
+    owner and fencing tokens. Locks held by other processes are not listed
+    (:meth:`CacheMutex.locked` tells whether anyone holds a given lock).
+    """
+    return _held.snapshot()
 
 
 _mutexes: NameRegistry[CacheMutex] = NameRegistry(
@@ -768,6 +897,7 @@ __all__ = [
     "DEFAULT_LOCK_TIMEOUT",
     "DEFAULT_STALE_TTL",
     "CacheMutex",
+    "HeldMutex",
     "Lock",
     "LockError",
     "LockNotOwned",
@@ -780,6 +910,7 @@ __all__ = [
     "cache_on_arguments",
     "early_expiry",
     "get_or_create",
+    "held_mutexes",
     "invalidate",
     "lock_users",
 ]

@@ -324,7 +324,9 @@ def _read_version(medium: Medium, local_key: str) -> Generation | _Failed:
 
 
 def _seed_version(medium: Medium, local_key: str) -> Generation | _Failed:
-    return medium.attempt("seeding", local_key, lambda: medium.seed(local_key))
+    return medium.attempt(
+        "seeding", local_key, lambda: medium.seed(local_key, missing=True)
+    )
 
 
 def get_local_prefix(

@@ -27,6 +27,7 @@ logged (at most once per ``LOG_INTERVAL`` per alias) and the caller gets
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime as dt
 import logging
 import math
@@ -36,7 +37,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, TypeVar
+from typing import Any, Final, NamedTuple, TypeVar
 
 from django.core.cache import caches
 from django.core.cache.backends.base import BaseCache, InvalidCacheKey
@@ -186,9 +187,20 @@ class Medium:
     #
     # A lock is a key holding its owner's random token, with an expiry so a
     # crashed owner never blocks the others forever. Acquiring is an atomic
-    # add; releasing and extending compare the token and act in one atomic
-    # step, so only the owner can. Backends without both raise
+    # add; releasing, extending and replacing compare the token and act in
+    # one atomic step, so only the owner can. Backends without both raise
     # NotImplementedError (the generic and file media).
+    #
+    # Waiting: a waiter calls lock_wait() between two tries. On Redis a
+    # release pushes one signal on a short list next to the lock (kept at
+    # most one item long, expiring after LOCK_SIGNAL_TTL_MS) and lock_wait()
+    # blocks on it with BLPOP, so one waiter wakes as soon as the lock is
+    # free. Elsewhere lock_wait() sleeps. A signal nobody was waiting for
+    # only makes the next waiter try once more.
+
+    #: A release wakes a waiter at once: :meth:`lock_wait` blocks on a
+    #: signal instead of sleeping, so waiters can afford long pauses.
+    lock_signals = False
 
     def _no_locks(self) -> NotImplementedError:
         return NotImplementedError(
@@ -216,6 +228,68 @@ class Medium:
         holds ``token``; return whether it did."""
         raise self._no_locks()
 
+    def lock_replace(
+        self, key: str, expected: str, value: str, timeout: float, *, wake: bool = False
+    ) -> bool:
+        """Store ``value`` at ``key`` for ``timeout`` seconds if the lock
+        still holds ``expected``, in one atomic step; return whether it did.
+
+        It hands a lock over (``expected`` is the old holder's token) or
+        changes what its holder stores. ``wake=True`` means the lock is
+        free afterwards for the waiters, as after :meth:`lock_release`:
+        one waiter is woken where the backend can signal.
+        """
+        raise self._no_locks()
+
+    def lock_value(self, key: str) -> Any:
+        """Return what the lock at ``key`` holds (its holder's token), or
+        None when nobody holds it."""
+        return self.cache.get(key)
+
+    def lock_take(
+        self,
+        key: str,
+        token: str,
+        timeout: float,
+        *,
+        fence_key: str | None = None,
+        over: str | None = None,
+    ) -> LockTake:
+        """Take the lock at ``key`` for ``token``, and fence it.
+
+        The lock is taken when nobody holds it, or when it holds a value
+        that starts with ``over`` (a state its holder left for anyone to
+        take over); then the counter at ``fence_key`` is incremented. The
+        generic implementation is :meth:`lock_acquire`, then
+        :meth:`lock_value` and :meth:`lock_replace` when that failed, then
+        :meth:`lock_fence` (a lock whose fence could not be written is
+        released again); Redis does it all in one script.
+
+        Returns:
+            ``(taken, fence, found)``: the fencing token when taken and
+            ``fence_key`` was given; what the lock held when not taken
+            (None if it was released meanwhile: try again).
+        """
+        if not self.lock_acquire(key, token, timeout):
+            found = self.lock_value(key)
+            if not (
+                over
+                and isinstance(found, str)
+                and found.startswith(over)
+                and self.lock_replace(key, found, token, timeout)
+            ):
+                return LockTake(False, None, found)
+        if fence_key is None:
+            return LockTake(True, None, None)
+        try:
+            fence = self.lock_fence(fence_key)
+        except BaseException:
+            # The fence's error is the one to report.
+            with contextlib.suppress(Exception):
+                self.lock_release(key, token)
+            raise
+        return LockTake(True, fence, None)
+
     def lock_held(self, key: str) -> bool:
         """Whether anyone holds the lock at ``key``."""
         return bool(self.cache.has_key(key))
@@ -232,18 +306,43 @@ class Medium:
         self.set(key, value)
         return value
 
+    def lock_wait(self, key: str, seconds: float) -> bool:
+        """Wait at most ``seconds`` for the lock at ``key`` to be released.
+
+        Returns:
+            True when a release woke this waiter early (try again at once),
+            False once ``seconds`` have passed. Backends that cannot signal
+            (all but Redis) just sleep and return False.
+        """
+        if seconds > 0:
+            time.sleep(seconds)
+        return False
+
+    def lock_notify(self, key: str) -> None:
+        """Wake one waiter of the lock at ``key``, where the backend can.
+
+        A waiter that was woken but leaves without the lock calls this, so
+        the wake-up it used reaches the next waiter.
+        """
+
     # -- generations ------------------------------------------------------
 
-    def seed(self, key: str) -> Generation:
+    def seed(self, key: str, *, missing: bool = False) -> Generation:
         """Return the generation at ``key``, creating it when missing.
 
         A missing key is created with ``add`` (never get-then-set), so
         concurrent seeders agree on one value where ``add`` is atomic.
+        ``missing``: the caller just read the key and found nothing, so the
+        first read (one round trip when the key exists) is skipped.
 
         Raises:
             WriteNotConfirmed: the key kept vanishing (evicted as fast as it
                 was written, or the backend drops writes).
         """
+        if not missing:
+            current = self.get(key)  # usually there: one round trip
+            if current is not None:
+                return current
         for _ in range(get_config().write_retries + 1):
             value = new_generation()
             if self.add(key, value):
@@ -303,9 +402,7 @@ class Medium:
         it, so sites sharing a Redis server with other prefixes never mix."""
         channel = self._push_channel
         if channel is None:
-            channel = self._push_channel = (
-                f"{self.cache.make_key(self.epoch_key)}!push"
-            )
+            channel = self._push_channel = f"{self.cache.make_key(self.epoch_key)}!push"
         return channel
 
     def push_client(self) -> Any:
@@ -530,6 +627,18 @@ class LocMemMedium(AtomicMedium):
             cache._expire_info[full_key] = cache.get_backend_timeout(timeout)
             return True
 
+    def lock_replace(
+        self, key: str, expected: str, value: str, timeout: float, *, wake: bool = False
+    ) -> bool:
+        cache: Any = self.cache
+        full_key = cache.make_and_validate_key(key)
+        with cache._lock:
+            if not self._owned(cache, full_key, expected):
+                return False
+            cache._cache[full_key] = pickle.dumps(value, cache.pickle_protocol)
+            cache._expire_info[full_key] = cache.get_backend_timeout(timeout)
+            return True
+
 
 class MemcachedMedium(AtomicMedium):
     """Memcached: atomic ``add``/``incr``, and ``gets``/``cas``."""
@@ -558,21 +667,31 @@ class MemcachedMedium(AtomicMedium):
     def lock_acquire(self, key: str, token: str, timeout: float) -> bool:
         return bool(self.cache.add(key, token, timeout=self._seconds(timeout)))
 
-    def _compare_and_store(self, key: str, token: str, expire: int) -> bool:
+    def _compare_and_store(
+        self, key: str, expected: str, value: str, expire: int
+    ) -> bool:
         cache: Any = self.cache
         full_key = cache.make_and_validate_key(key)
-        value, cas = cache._cache.gets(full_key)
-        if value != token or cas is None:
+        found, cas = cache._cache.gets(full_key)
+        if found != expected or cas is None:
             return False
+        if expire > 0:
+            # Django's conversion: above 30 days memcached wants a timestamp.
+            expire = cache.get_backend_timeout(expire)
         # A negative expiry makes memcached drop the item at once: a delete
         # conditional on the cas value, which the protocol has no verb for.
-        return bool(cache._cache.cas(full_key, token, cas, expire=expire))
+        return bool(cache._cache.cas(full_key, value, cas, expire=expire))
 
     def lock_release(self, key: str, token: str) -> bool:
-        return self._compare_and_store(key, token, -1)
+        return self._compare_and_store(key, token, token, -1)
 
     def lock_extend(self, key: str, token: str, timeout: float) -> bool:
-        return self._compare_and_store(key, token, self._seconds(timeout))
+        return self._compare_and_store(key, token, token, self._seconds(timeout))
+
+    def lock_replace(
+        self, key: str, expected: str, value: str, timeout: float, *, wake: bool = False
+    ) -> bool:
+        return self._compare_and_store(key, expected, value, self._seconds(timeout))
 
 
 class FileMedium(Medium):
@@ -636,20 +755,79 @@ class DatabaseMedium(Medium):
     # The lock operations write their own SQL: DatabaseCache.add() takes
     # over an expired row with a plain UPDATE, so two processes taking over
     # the same expired lock would both succeed. Here the expired row is
-    # deleted first and the lock is an INSERT, atomic by primary key. Expiry
-    # is Django's: rows carry a wall-clock deadline set by the writer.
+    # deleted first and the lock is an INSERT, atomic by primary key.
+    #
+    # Expiry is judged by the database server's clock on PostgreSQL and
+    # SQLite: the statements compute "now" and "now + timeout" in SQL, so a
+    # web server whose clock runs ahead cannot take a live lock, nor one
+    # whose clock runs behind keep a dead one. The rows stay what Django
+    # writes (a pickled value, an ``expires`` datetime), so Django's own
+    # get() and has_key() still read them, by the reader's clock; no lock
+    # decision depends on those. Other vendors use this process's clock, as
+    # Django does (docs/spinlock.rst, "Database cache clocks").
 
-    def _lock_sql(self, sql: str, params: Sequence[Any]) -> int:
-        """Run one statement on the cache table; return its row count.
+    #: Parameter placeholders for the lock clock's "now" and "now + timeout".
+    _NOW: Final = object()
+    _EXPIRY: Final = object()
 
-        ``{table}``, ``{key}``, ``{value}`` and ``{expires}`` in ``sql`` are
-        replaced by the quoted names.
-        """
+    def _lock_connection(self) -> Any:
         from django.db import connections, router
 
         cache: Any = self.cache
-        connection = connections[router.db_for_write(cache.cache_model_class)]
+        return connections[router.db_for_write(cache.cache_model_class)]
+
+    def _lock_clock(
+        self, connection: Any, timeout: float
+    ) -> tuple[str, list[Any], str, list[Any]]:
+        """Return SQL for now and for now + ``timeout``, with their params."""
+        milliseconds = max(1, math.ceil(timeout * 1000))
+        if connection.vendor == "postgresql":
+            # The statement's start, not the transaction's: a lock taken in
+            # a long transaction must not get an expiry in the past.
+            now = "statement_timestamp()"
+            return now, [], f"{now} + %s * INTERVAL '1 millisecond'", [milliseconds]
+        if connection.vendor == "sqlite" and connection.timezone_name == "UTC":
+            # The text Django stores (UTC, "YYYY-MM-DD HH:MM:SS[.fff]"), so
+            # the column compares as text in time order.
+            stamp = "strftime('%%Y-%%m-%%d %%H:%%M:%%f', 'now'{})"
+            return (
+                stamp.format(""),
+                [],
+                stamp.format(", %s"),
+                [f"+{milliseconds / 1000:.3f} seconds"],
+            )
+        return "%s", [self._db_now()], "%s", [self._db_expiry(timeout)]
+
+    def _lock_sql(
+        self,
+        sql: str,
+        params: Sequence[Any],
+        *,
+        timeout: float = 0.0,
+        fetch: bool = False,
+    ) -> tuple[int, Any]:
+        """Run one statement on the cache table; return its row count and,
+        with ``fetch``, its first row (None when there is none).
+
+        ``{table}``, ``{key}``, ``{value}`` and ``{expires}`` in ``sql`` are
+        replaced by the quoted names, ``{now}`` and ``{expiry}`` by the lock
+        clock's now and now + ``timeout``; :attr:`_NOW` and :attr:`_EXPIRY`
+        in ``params`` mark where their parameters go.
+        """
+        connection = self._lock_connection()
+        cache: Any = self.cache
         quote = connection.ops.quote_name
+        now_sql, now_params, expiry_sql, expiry_params = self._lock_clock(
+            connection, timeout
+        )
+        expanded: list[Any] = []
+        for param in params:
+            if param is self._NOW:
+                expanded.extend(now_params)
+            elif param is self._EXPIRY:
+                expanded.extend(expiry_params)
+            else:
+                expanded.append(param)
         with connection.cursor() as cursor:
             cursor.execute(
                 sql.format(
@@ -657,35 +835,35 @@ class DatabaseMedium(Medium):
                     key=quote("cache_key"),
                     value=quote("value"),
                     expires=quote("expires"),
+                    now=now_sql,
+                    expiry=expiry_sql,
                 ),
-                list(params),
+                expanded,
             )
-            return int(cursor.rowcount)
+            return int(cursor.rowcount), cursor.fetchone() if fetch else None
 
     def _db_now(self) -> Any:
-        from django.db import connections, router
         from django.utils import timezone
 
-        cache: Any = self.cache
-        connection = connections[router.db_for_write(cache.cache_model_class)]
+        connection = self._lock_connection()
         now = timezone.now().replace(microsecond=0)
         return connection.ops.adapt_datetimefield_value(now)
 
     def _db_expiry(self, timeout: float) -> Any:
         from django.conf import settings
-        from django.db import connections, router
 
         cache: Any = self.cache
-        connection = connections[router.db_for_write(cache.cache_model_class)]
+        connection = self._lock_connection()
         # Django truncates deadlines to the second: one more keeps "at least".
         deadline = cache.get_backend_timeout(math.ceil(timeout) + 1)
         tz = dt.timezone.utc if settings.USE_TZ else None
         expiry = dt.datetime.fromtimestamp(deadline, tz=tz).replace(microsecond=0)
         return connection.ops.adapt_datetimefield_value(expiry)
 
-    def _encoded(self, token: str) -> str:
+    def _encoded(self, value: Any) -> str:
+        """``value`` as Django's ``DatabaseCache`` stores it."""
         cache: Any = self.cache
-        return base64.b64encode(pickle.dumps(token, cache.pickle_protocol)).decode(
+        return base64.b64encode(pickle.dumps(value, cache.pickle_protocol)).decode(
             "latin1"
         )
 
@@ -698,13 +876,14 @@ class DatabaseMedium(Medium):
         try:
             with transaction.atomic(using=using):
                 self._lock_sql(
-                    "DELETE FROM {table} WHERE {key} = %s AND {expires} <= %s",
-                    [full_key, self._db_now()],
+                    "DELETE FROM {table} WHERE {key} = %s AND {expires} <= {now}",
+                    [full_key, self._NOW],
                 )
                 self._lock_sql(
                     "INSERT INTO {table} ({key}, {value}, {expires}) "
-                    "VALUES (%s, %s, %s)",
-                    [full_key, self._encoded(token), self._db_expiry(timeout)],
+                    "VALUES (%s, %s, {expiry})",
+                    [full_key, self._encoded(token), self._EXPIRY],
+                    timeout=timeout,
                 )
         except IntegrityError:
             return False
@@ -712,30 +891,97 @@ class DatabaseMedium(Medium):
 
     def lock_release(self, key: str, token: str) -> bool:
         full_key = self.cache.make_and_validate_key(key)
-        return (
-            self._lock_sql(
-                "DELETE FROM {table} WHERE {key} = %s AND {value} = %s "
-                "AND {expires} > %s",
-                [full_key, self._encoded(token), self._db_now()],
-            )
-            == 1
+        count, _ = self._lock_sql(
+            "DELETE FROM {table} WHERE {key} = %s AND {value} = %s "
+            "AND {expires} > {now}",
+            [full_key, self._encoded(token), self._NOW],
         )
+        return count == 1
 
     def lock_extend(self, key: str, token: str, timeout: float) -> bool:
+        return self.lock_replace(key, token, token, timeout)
+
+    def lock_replace(
+        self, key: str, expected: str, value: str, timeout: float, *, wake: bool = False
+    ) -> bool:
         full_key = self.cache.make_and_validate_key(key)
-        return (
-            self._lock_sql(
-                "UPDATE {table} SET {expires} = %s WHERE {key} = %s "
-                "AND {value} = %s AND {expires} > %s",
-                [
-                    self._db_expiry(timeout),
-                    full_key,
-                    self._encoded(token),
-                    self._db_now(),
-                ],
-            )
-            == 1
+        count, _ = self._lock_sql(
+            "UPDATE {table} SET {value} = %s, {expires} = {expiry} "
+            "WHERE {key} = %s AND {value} = %s AND {expires} > {now}",
+            [
+                self._encoded(value),
+                self._EXPIRY,
+                full_key,
+                self._encoded(expected),
+                self._NOW,
+            ],
+            timeout=timeout,
         )
+        return count == 1
+
+    def lock_value(self, key: str) -> Any:
+        full_key = self.cache.make_and_validate_key(key)
+        _, row = self._lock_sql(
+            "SELECT {value} FROM {table} WHERE {key} = %s AND {expires} > {now}",
+            [full_key, self._NOW],
+            fetch=True,
+        )
+        if row is None:
+            return None
+        connection = self._lock_connection()
+        raw = connection.ops.process_clob(row[0])
+        return pickle.loads(base64.b64decode(raw.encode()))
+
+    def lock_fence(self, key: str) -> int:
+        """Increment the counter in one conditional ``UPDATE`` (retried if
+        another writer changed it in between); a missing counter is
+        inserted at 1. The row never expires, as Django's ``timeout=None``."""
+        from django.db import IntegrityError, transaction
+
+        cache: Any = self.cache
+        full_key = cache.make_and_validate_key(key)
+        connection = self._lock_connection()
+        forever = connection.ops.adapt_datetimefield_value(
+            dt.datetime.max.replace(microsecond=0)
+        )
+        for _ in range(get_config().write_retries + 1):
+            _, row = self._lock_sql(
+                "SELECT {value} FROM {table} WHERE {key} = %s", [full_key], fetch=True
+            )
+            if row is None:
+                try:
+                    with transaction.atomic(using=connection.alias):
+                        self._lock_sql(
+                            "INSERT INTO {table} ({key}, {value}, {expires}) "
+                            "VALUES (%s, %s, %s)",
+                            [full_key, self._encoded(1), forever],
+                        )
+                except IntegrityError:
+                    continue
+                return 1
+            raw = connection.ops.process_clob(row[0])
+            current = pickle.loads(base64.b64decode(raw.encode()))
+            value = (current if isinstance(current, int) else 0) + 1
+            count, _ = self._lock_sql(
+                "UPDATE {table} SET {value} = %s, {expires} = %s "
+                "WHERE {key} = %s AND {value} = %s",
+                [self._encoded(value), forever, full_key, raw],
+            )
+            if count == 1:
+                return value
+        raise WriteNotConfirmed(
+            f"Could not increment the fencing counter {key!r} in cache "
+            f"{self.alias!r}: other writers changed it every time."
+        )
+
+    def lock_held(self, key: str) -> bool:
+        full_key = self.cache.make_and_validate_key(key)
+        _, row = self._lock_sql(
+            "SELECT 1 FROM {table} WHERE {key} = %s AND {expires} > {now}",
+            [full_key, self._NOW],
+            fetch=True,
+        )
+        return row is not None
 
 
 #: How many syncache keys a Redis medium remembers the full key of.
@@ -850,15 +1096,27 @@ class RedisMedium(Medium):
         # Through Django, so the value is serialized as Django reads it back.
         self.cache.set(key, value, timeout=timeout)
 
+    lock_signals = True
+
     def lock_acquire(self, key: str, token: str, timeout: float) -> bool:
         milliseconds = max(1, math.ceil(timeout * 1000))
         return bool(
             self.client().set(self.full_key(key), token, nx=True, px=milliseconds)
         )
 
+    def _signal_key(self, key: str) -> str:
+        return self.full_key(key + LOCK_SIGNAL_SUFFIX)
+
     def lock_release(self, key: str, token: str) -> bool:
         return bool(
-            self.client().eval(LOCK_RELEASE_SCRIPT, 1, self.full_key(key), token)
+            self.client().eval(
+                LOCK_RELEASE_SCRIPT,
+                2,
+                self.full_key(key),
+                self._signal_key(key),
+                token,
+                LOCK_SIGNAL_TTL_MS,
+            )
         )
 
     def lock_extend(self, key: str, token: str, timeout: float) -> bool:
@@ -869,17 +1127,169 @@ class RedisMedium(Medium):
             )
         )
 
+    def lock_replace(
+        self, key: str, expected: str, value: str, timeout: float, *, wake: bool = False
+    ) -> bool:
+        milliseconds = max(1, math.ceil(timeout * 1000))
+        return bool(
+            self.client().eval(
+                LOCK_REPLACE_SCRIPT,
+                2,
+                self.full_key(key),
+                self._signal_key(key),
+                expected,
+                value,
+                milliseconds,
+                int(wake),
+                LOCK_SIGNAL_TTL_MS,
+            )
+        )
+
+    @staticmethod
+    def _lock_text(raw: Any) -> Any:
+        # Tokens are written as text; redis-py returns bytes unless the
+        # client decodes responses.
+        if isinstance(raw, bytes):
+            try:
+                return raw.decode()
+            except UnicodeDecodeError:
+                return raw
+        return raw
+
+    def lock_value(self, key: str) -> Any:
+        return self._lock_text(self.client().get(self.full_key(key)))
+
+    def lock_take(
+        self,
+        key: str,
+        token: str,
+        timeout: float,
+        *,
+        fence_key: str | None = None,
+        over: str | None = None,
+    ) -> LockTake:
+        milliseconds = max(1, math.ceil(timeout * 1000))
+        keys = [self.full_key(key)]
+        if fence_key is not None:
+            keys.append(self.full_key(fence_key))
+        taken, result = self.client().eval(
+            LOCK_TAKE_SCRIPT, len(keys), *keys, token, milliseconds, over or ""
+        )
+        if not taken:
+            return LockTake(False, None, self._lock_text(result))
+        return LockTake(True, None if fence_key is None else int(result), None)
+
     def lock_held(self, key: str) -> bool:
         return bool(self.client().exists(self.full_key(key)))
 
     def lock_fence(self, key: str) -> int:
         return int(self.client().incr(self.full_key(key)))
 
+    def lock_wait(self, key: str, seconds: float) -> bool:
+        """Block on the lock's signal list (``BLPOP``) for at most ``seconds``.
 
-#: Delete the lock ``KEYS[1]`` if it holds the token ``ARGV[1]``.
-LOCK_RELEASE_SCRIPT = """
+        Redis checks the timeouts of blocked commands only every
+        :data:`LOCK_SIGNAL_RESOLUTION` seconds (10 times a second, its
+        default ``hz``): a ``BLPOP`` asks for that much less than it may
+        take, and a shorter wait is a plain sleep (a cheap poll).
+
+        ``BLPOP`` holds a pooled connection while it blocks, so it is cut
+        into pieces that end before half the client's socket timeout (the
+        socket would time out first), and waiters never hold more than half
+        of a pool's connections (the holder needs one to release); past
+        that they sleep instead.
+        """
+        client = self.client()
+        pool = client.connection_pool
+        socket_timeout = pool.connection_kwargs.get("socket_timeout")
+        piece = socket_timeout / 2 if socket_timeout else math.inf
+        long_enough = min(seconds, piece) >= LOCK_SIGNAL_RESOLUTION
+        if not (long_enough and _blocking_waiters.enter(pool)):
+            return super().lock_wait(key, seconds)
+        try:
+            signal = self._signal_key(key)
+            deadline = time.monotonic() + seconds
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining < LOCK_SIGNAL_RESOLUTION:
+                    return False  # a try a little early rather than a late one
+                # Whole milliseconds, at least one: Redis reads a timeout
+                # under 1 ms as 0, which blocks for ever.
+                timeout = round(min(remaining, piece) - LOCK_SIGNAL_RESOLUTION, 3)
+                if client.blpop([signal], timeout=max(0.001, timeout)) is not None:
+                    return True
+        finally:
+            _blocking_waiters.leave(pool)
+
+    def lock_notify(self, key: str) -> None:
+        self.client().eval(
+            LOCK_NOTIFY_SCRIPT, 1, self._signal_key(key), LOCK_SIGNAL_TTL_MS
+        )
+
+
+class LockTake(NamedTuple):
+    """What :meth:`Medium.lock_take` did."""
+
+    #: The lock is now held with the caller's token.
+    taken: bool
+    #: The fencing token of this acquisition (taken, with a fence key).
+    fence: int | None
+    #: What the lock held when it was not taken (None: nothing any more).
+    found: Any
+
+
+class _BlockingWaiters:
+    """How many connections of each redis-py pool waiters hold in BLPOP."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: dict[int, int] = {}
+
+    def enter(self, pool: Any) -> bool:
+        """Count one more waiter on ``pool``, unless half its connections
+        are already waiting; return whether it was counted."""
+        limit = getattr(pool, "max_connections", None)
+        with self._lock:
+            count = self._counts.get(id(pool), 0)
+            if isinstance(limit, int) and count >= limit // 2:
+                return False
+            self._counts[id(pool)] = count + 1
+            return True
+
+    def leave(self, pool: Any) -> None:
+        """Count one waiter less on ``pool``."""
+        with self._lock:
+            count = self._counts.pop(id(pool)) - 1
+            if count:
+                self._counts[id(pool)] = count
+
+
+_blocking_waiters = _BlockingWaiters()
+
+#: Suffix of the signal list next to a Redis lock (see ``lock_wait``).
+LOCK_SIGNAL_SUFFIX = "!signal"
+#: Milliseconds a signal nobody popped is kept: long enough for a waiter
+#: between two tries (a round trip) to still see it.
+LOCK_SIGNAL_TTL_MS = 1000
+#: Seconds between two checks of blocked commands' timeouts by Redis (at its
+#: default ``hz`` of 10): the precision of a ``BLPOP`` timeout.
+LOCK_SIGNAL_RESOLUTION = 0.1
+
+#: Push one wake-up on the signal list ``KEYS[2]``: at most one is kept, and
+#: the list expires after ``ARGV[n]`` ms. Shared by the scripts below.
+_SIGNAL_LUA = """
+redis.call('rpush', KEYS[2], 1)
+redis.call('ltrim', KEYS[2], -1, -1)
+redis.call('pexpire', KEYS[2], ARGV[{ttl}])
+"""
+
+#: Delete the lock ``KEYS[1]`` if it holds the token ``ARGV[1]``, and wake
+#: one waiter (signal list ``KEYS[2]``, kept ``ARGV[2]`` ms).
+LOCK_RELEASE_SCRIPT = f"""
 if redis.call('get', KEYS[1]) == ARGV[1] then
-    return redis.call('del', KEYS[1])
+    redis.call('del', KEYS[1])
+    {_SIGNAL_LUA.format(ttl=2)}
+    return 1
 end
 return 0
 """
@@ -890,6 +1300,44 @@ if redis.call('get', KEYS[1]) == ARGV[1] then
     return redis.call('pexpire', KEYS[1], ARGV[2])
 end
 return 0
+"""
+
+#: Store ``ARGV[2]`` at the lock ``KEYS[1]`` for ``ARGV[3]`` ms if it holds
+#: ``ARGV[1]``; when ``ARGV[4]`` is 1, wake one waiter (signal list
+#: ``KEYS[2]``, kept ``ARGV[5]`` ms).
+LOCK_REPLACE_SCRIPT = f"""
+if redis.call('get', KEYS[1]) == ARGV[1] then
+    redis.call('set', KEYS[1], ARGV[2], 'PX', ARGV[3])
+    if ARGV[4] == '1' then
+        {_SIGNAL_LUA.format(ttl=5)}
+    end
+    return 1
+end
+return 0
+"""
+
+#: Take the lock ``KEYS[1]`` for the token ``ARGV[1]`` for ``ARGV[2]`` ms if
+#: it is absent or holds a value starting with ``ARGV[3]`` (not empty), then
+#: increment the fencing counter ``KEYS[2]`` if given. Returns ``{1, fence}``
+#: (fence 0 without a counter), or ``{0, value held}``.
+LOCK_TAKE_SCRIPT = """
+local held = redis.call('get', KEYS[1])
+if held and (ARGV[3] == '' or string.sub(held, 1, #ARGV[3]) ~= ARGV[3]) then
+    return {0, held}
+end
+redis.call('set', KEYS[1], ARGV[1], 'PX', ARGV[2])
+if KEYS[2] then
+    return {1, redis.call('incr', KEYS[2])}
+end
+return {1, 0}
+"""
+
+#: Wake one waiter of a lock: push on its signal list ``KEYS[1]`` (at most
+#: one item kept, expiring after ``ARGV[1]`` ms).
+LOCK_NOTIFY_SCRIPT = """
+redis.call('rpush', KEYS[1], 1)
+redis.call('ltrim', KEYS[1], -1, -1)
+redis.call('pexpire', KEYS[1], ARGV[1])
 """
 
 

@@ -144,10 +144,15 @@ class GenerationSynchronizer:
         Call it after reloading the state. A backend error leaves
         :attr:`sync_gen` None (unknown), so the next check is expired.
         """
+        self._seed(missing=False)
+
+    def _seed(self, *, missing: bool) -> None:
         mark = self._mark()
         medium = self.medium
         stored = medium.attempt(
-            "refreshing", self.cache_key, lambda: medium.seed(self.cache_key)
+            "refreshing",
+            self.cache_key,
+            lambda: medium.seed(self.cache_key, missing=missing),
         )
         self.sync_gen = None if stored is FAILED else stored
         self._push_mark = None if stored is FAILED else mark
@@ -163,7 +168,7 @@ class GenerationSynchronizer:
         if generation is FAILED:
             self.sync_gen = None
         elif generation is None:
-            self.refresh()
+            self._seed(missing=True)
             return
         else:
             self.sync_gen = generation

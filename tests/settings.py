@@ -74,15 +74,39 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 INSTALLED_APPS = [
+    "django.contrib.admin",
     "django.contrib.contenttypes",
     "django.contrib.auth",
+    "django.contrib.sessions",
+    "django.contrib.messages",
     "syncache",
     "tests",
 ]
 # The scenario tests (tests/scenarios/test_server.py...) serve tests.urls
-# through this middleware, in-process and in real WSGI/ASGI servers.
-MIDDLEWARE: list[str] = ["syncache.middleware.LocalSyncCacheMiddleware"]
+# through this middleware, in-process and in real WSGI/ASGI servers. The
+# others are the admin's, for the status page (tests/test_status.py).
+MIDDLEWARE: list[str] = [
+    "syncache.middleware.LocalSyncCacheMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+]
 ROOT_URLCONF = "tests.urls"
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+STATIC_URL = "/static/"
 
 DATABASES = {
     # pytest-django turns this into the test database TEST NAME; a file, not

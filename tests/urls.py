@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from django.urls import path
+from django.contrib import admin
+from django.urls import include, path
 
 from tests import views
 
@@ -18,4 +19,7 @@ urlpatterns = [
     ),
     path("setting/<str:name>/save/", views.setting_save, name="setting-save"),
     path("setting/<str:name>/update/", views.setting_update, name="setting-update"),
+    # The status page, under the admin (tests/test_status.py).
+    path("admin/syncache/", include("syncache.urls")),
+    path("admin/", admin.site.urls),
 ]

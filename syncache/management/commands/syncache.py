@@ -23,21 +23,20 @@ import json
 import textwrap
 from argparse import RawDescriptionHelpFormatter
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict
 from typing import Any
 
 from django.core.cache import InvalidCacheBackendError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from syncache.conf import get_config
 from syncache.local import LocalSyncCache, caches_by_id
-from syncache.medium import FAILED, get_medium
-from syncache.synchronizer import (
-    GenerationSynchronizer,
-    all_synchronizers,
-    fetch_generations,
-    is_expired_value,
+from syncache.status import (
+    Invalidation,
+    bump_synchronizer_key,
+    clear_local_caches,
+    listed_synchronizers,
+    status_report,
 )
+from syncache.synchronizer import GenerationSynchronizer
 
 REGISTRY_NOTE = (
     "Only the instances that exist in this command's own process are seen: "
@@ -62,131 +61,6 @@ HELP = (
 def _description(*paragraphs: str) -> str:
     """Paragraphs wrapped for ``RawDescriptionHelpFormatter``."""
     return "\n\n".join(textwrap.fill(p, width=79) for p in paragraphs)
-
-
-def _alias(alias: str | None) -> str:
-    """The cache alias an object synchronizes through (None: the default)."""
-    return get_config().cache_alias if alias is None else alias
-
-
-def _generation_status(stored: Any) -> str:
-    """``"stored"``, ``"missing"`` (no key) or ``"unreadable"`` (backend error)."""
-    if stored is FAILED:
-        return "unreadable"
-    if stored is None:
-        return "missing"
-    return "stored"
-
-
-def _state(stored: Any, held: Any) -> str:
-    """``"current"``, ``"expired"``, or ``"unsynced"`` (nothing held here)."""
-    if held is None:
-        return "unsynced"
-    return "expired" if is_expired_value(stored, held) else "current"
-
-
-def _qualified_name(cls: type) -> str:
-    return f"{cls.__module__}.{cls.__qualname__}"
-
-
-def _internal_synchronizers() -> list[GenerationSynchronizer]:
-    """The synchronizers owned by registered ``LocalSyncCache`` instances."""
-    return [cache.synchronizer for cache in LocalSyncCache.CACHES]
-
-
-def listed_synchronizers() -> list[GenerationSynchronizer]:
-    """Every live synchronizer that is not a ``LocalSyncCache``'s own.
-
-    Sorted by alias, then key, so the listing is stable.
-    """
-    internal = _internal_synchronizers()
-    internal_ids = {id(sync) for sync in internal}
-    syncs = [s for s in all_synchronizers() if id(s) not in internal_ids]
-    return sorted(syncs, key=lambda s: (_alias(s.cache_alias), s.cache_key))
-
-
-def medium_description(alias: str) -> dict[str, Any]:
-    """The backend, medium class and capabilities behind ``alias``."""
-    medium = get_medium(alias)
-    return {
-        "alias": alias,
-        "backend": _qualified_name(type(medium.cache)),
-        "medium": type(medium).__name__,
-        "capabilities": asdict(medium.capabilities),
-    }
-
-
-def local_cache_rows() -> list[dict[str, Any]]:
-    """One JSON-ready dict per registered ``LocalSyncCache``.
-
-    Built on :meth:`LocalSyncCache.get_cache_information` (one read per
-    alias, bypassing the epoch).
-    """
-    rows = []
-    for info in LocalSyncCache.get_cache_information():
-        instance: LocalSyncCache = info["instance"]
-        stored = info["generation"]
-        state = _state(stored, info["sync_gen"])
-        rows.append(
-            {
-                "id": info["id"],
-                "cache_key": instance.cache_key,
-                "alias": _alias(instance.cache_alias),
-                "generation": None if stored is FAILED else stored,
-                "generation_status": _generation_status(stored),
-                "sync_gen": info["sync_gen"],
-                "current": state == "current",
-                "state": state,
-                "length": info["length"],
-                "size": info["size"],
-                "request_counter": info["request_counter"],
-                "own_clear_counter": info["own_clear_counter"],
-                "ext_clear_counter": info["ext_clear_counter"],
-                "stale_clear_counter": info["stale_clear_counter"],
-                "init_counter": info["init_counter"],
-                "last_checked": info["last_checked"],
-                "last_cleared": info["last_cleared"],
-                "defined_at": instance.defined_at,
-            }
-        )
-    return rows
-
-
-def synchronizer_rows(syncs: Sequence[GenerationSynchronizer]) -> list[dict[str, Any]]:
-    """One JSON-ready dict per synchronizer (one fresh read per alias)."""
-    stored_values = fetch_generations(list(syncs), fresh=True) if syncs else []
-    rows = []
-    for sync, stored in zip(syncs, stored_values, strict=True):
-        state = _state(stored, sync.sync_gen)
-        rows.append(
-            {
-                "cache_key": sync.cache_key,
-                "alias": _alias(sync.cache_alias),
-                "generation": None if stored is FAILED else stored,
-                "generation_status": _generation_status(stored),
-                "sync_gen": sync.sync_gen,
-                "current": state == "current",
-                "state": state,
-            }
-        )
-    return rows
-
-
-def status_report() -> dict[str, Any]:
-    """Everything ``status`` shows, as JSON-ready data."""
-    config = get_config()
-    local = local_cache_rows()
-    syncs = synchronizer_rows(listed_synchronizers())
-    aliases = dict.fromkeys(
-        [config.cache_alias, *(row["alias"] for row in local + syncs)]
-    )
-    return {
-        "cache_alias": config.cache_alias,
-        "key_prefix": config.key_prefix,
-        "media": [medium_description(alias) for alias in aliases],
-        "local_caches": local,
-        "synchronizers": syncs,
-    }
 
 
 def _shown_generation(value: Any, status: str) -> str:
@@ -441,59 +315,35 @@ class Command(BaseCommand):
         self, name: str, instances: list[LocalSyncCache], verbosity: int
     ) -> list[str]:
         """``clear()`` one instance of ``name`` per cache alias."""
-        failures = []
-        by_alias: dict[str, LocalSyncCache] = {}
-        for instance in instances:
-            by_alias.setdefault(_alias(instance.cache_alias), instance)
-        for alias, instance in by_alias.items():
-            instance.clear()
-            if instance.sync_gen is None:
-                failures.append(f"LocalSyncCache {name!r} (cache {alias!r})")
-                self.stdout.write(
-                    self.style.WARNING(
-                        f"Could not clear LocalSyncCache {name!r}: cache "
-                        f"{alias!r} failed (see the 'syncache' log)."
-                    )
-                )
-            elif verbosity >= 1:
-                self.stdout.write(
-                    self.style.SUCCESS(
-                        f"Cleared LocalSyncCache {name!r} (cache {alias!r}): "
-                        f"generation {instance.sync_gen}."
-                    )
-                )
-        return failures
+        return self._report(
+            clear_local_caches(instances), "clear", "Cleared", verbosity
+        )
 
     def _bump_key(
         self, key: str, holders: list[GenerationSynchronizer], verbosity: int
     ) -> list[str]:
-        """``mark_updated()`` on a new holder of ``key``, per cache alias.
+        """``mark_updated()`` on a new holder of ``key``, per cache alias."""
+        done = bump_synchronizer_key(key, (h.cache_alias for h in holders))
+        return self._report(done, "bump", "Bumped", verbosity)
 
-        A new holder, not one of the existing ones: ``mark_updated`` makes
-        its instance adopt the new generation, which would leave an existing
-        holder of this process current without having reloaded its state.
-        """
+    def _report(
+        self, done: list[Invalidation], verb: str, past: str, verbosity: int
+    ) -> list[str]:
+        """Print each invalidation; return the failed ones."""
         failures = []
-        aliases = dict.fromkeys(h.cache_alias for h in holders)
-        for cache_alias in aliases:
-            alias = _alias(cache_alias)
-            writer = GenerationSynchronizer(
-                key, normalize_cache_key=False, cache_alias=cache_alias, lazy=True
-            )
-            writer.mark_updated()
-            if writer.sync_gen is None:
-                failures.append(f"synchronizer {key!r} (cache {alias!r})")
+        for item in done:
+            if item.failed:
+                failures.append(item.describe())
                 self.stdout.write(
                     self.style.WARNING(
-                        f"Could not bump synchronizer {key!r}: cache {alias!r} "
-                        f"failed (see the 'syncache' log)."
+                        f"Could not {verb} {item.label}: cache {item.alias!r} failed "
+                        f"(see the 'syncache' log)."
                     )
                 )
             elif verbosity >= 1:
                 self.stdout.write(
                     self.style.SUCCESS(
-                        f"Bumped synchronizer {key!r} (cache {alias!r}): "
-                        f"generation {writer.sync_gen}."
+                        f"{past} {item.describe()}: generation {item.generation}."
                     )
                 )
         return failures
