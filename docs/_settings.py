@@ -5,7 +5,9 @@ module for a site.
 """
 
 SECRET_KEY = "syncache-docs-not-secret"
-INSTALLED_APPS = ["syncache"]
+# The status page's views (syncache.views, syncache.panels) import
+# django.contrib.auth, whose models need both apps installed.
+INSTALLED_APPS = ["django.contrib.contenttypes", "django.contrib.auth", "syncache"]
 CACHES = {
     "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
 }

@@ -60,6 +60,7 @@ pygments_style = "sphinx"
 nitpicky = True
 nitpick_ignore_regex = [
     (r"py:.*", r"(django|typing|collections|dataclasses|contextlib)\..*"),
+    (r"py:.*", r"debug_toolbar\..*"),
     (r"py:.*", r"(Any|Callable|Sequence|Iterable|Mapping|Final|T)"),
     (r"py:.*", r"(str|int|float|bool|bytes|object|dict|list|tuple|type|None)"),
     (r"py:.*", r"(Exception|ValueError|TypeError|AssertionError)"),
