@@ -27,7 +27,7 @@ from __future__ import annotations
 import os
 import sys
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -227,3 +227,25 @@ def other_process_clears(cache: LocalSyncCache) -> None:
     from syncache import GenerationSynchronizer
 
     GenerationSynchronizer(cache.cache_key, normalize_cache_key=False).mark_updated()
+
+
+@pytest.fixture
+def make_cache() -> Iterator[Callable[..., LocalSyncCache]]:
+    """Create LocalSyncCaches (a unique id by default); drop them afterwards."""
+    import gc
+    import secrets
+
+    from syncache import LocalSyncCache
+
+    made: list[LocalSyncCache] = []
+
+    def make(id: str | None = None, **kwargs: Any) -> LocalSyncCache:
+        cache = LocalSyncCache(id or f"cache-{secrets.token_hex(4)}", **kwargs)
+        made.append(cache)
+        return cache
+
+    yield make
+    for cache in made:
+        LocalSyncCache.CACHES.remove(cache)
+    made.clear()
+    gc.collect()

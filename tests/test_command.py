@@ -19,7 +19,7 @@ import re
 import secrets
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict
 from io import StringIO
 from typing import Any
@@ -45,23 +45,6 @@ SUBPROCESS_TIMEOUT = 60
 def unique(name: str) -> str:
     """An id or key no other test uses."""
     return f"cmd-{name}-{secrets.token_hex(4)}"
-
-
-@pytest.fixture
-def make_cache() -> Iterator[MakeCache]:
-    """Create LocalSyncCaches (unique id by default); drop them afterwards."""
-    made: list[LocalSyncCache] = []
-
-    def make(id: str | None = None, **kwargs: Any) -> LocalSyncCache:
-        cache = LocalSyncCache(id or unique("cache"), **kwargs)
-        made.append(cache)
-        return cache
-
-    yield make
-    for cache in made:
-        LocalSyncCache.CACHES.remove(cache)
-    made.clear()
-    gc.collect()
 
 
 def run(*args: str) -> str:
@@ -174,7 +157,8 @@ def test_status_json(backend: Backend, make_cache: MakeCache) -> None:
     assert row["init_counter"] == 1
     assert 0 <= row["last_checked"] < 60
     assert row["last_cleared"] is None
-    assert row["defined_at"].startswith(__file__)
+    assert row["defined_at"] == cache.defined_at
+    assert "tests/conftest.py:" in row["defined_at"], "where make_cache made it"
     row = row_of(report["local_caches"], "id", cleared.id)
     assert row["own_clear_counter"] == 1
     assert row["generation"] == cleared.sync_gen

@@ -71,23 +71,6 @@ def unique(name: str) -> str:
     return f"status-{name}-{secrets.token_hex(4)}"
 
 
-@pytest.fixture
-def make_cache() -> Iterator[MakeCache]:
-    """Create LocalSyncCaches (unique id by default); drop them afterwards."""
-    made: list[LocalSyncCache] = []
-
-    def make(id: str | None = None, **kwargs: Any) -> LocalSyncCache:
-        cache = LocalSyncCache(id or unique("cache"), **kwargs)
-        made.append(cache)
-        return cache
-
-    yield make
-    for cache in made:
-        LocalSyncCache.CACHES.remove(cache)
-    made.clear()
-    gc.collect()
-
-
 def _user(model: type[AbstractUser], name: str, **flags: bool) -> AbstractUser:
     return model.objects.create_user(name, password="pw-" + name, **flags)
 
