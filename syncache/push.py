@@ -321,6 +321,27 @@ def _start(medium: Medium) -> Listener | None:
         return listener
 
 
+def describe(alias: str) -> str:
+    """How checks of ``alias`` run in this process, for the status reports.
+
+    Never starts a listener.
+    """
+    medium = get_medium(alias)
+    mode = medium.push_mode
+    if mode is None:
+        return "polling: each check reads the cache"
+    via = "PUSH_URL" if mode == "url" else "the cache's Redis"
+    listener = _listeners.get(medium.alias)
+    if listener is None or listener.medium is not medium:
+        return f"push via {via}: no listener yet in this process (polling)"
+    if listener.trusted_from is None:
+        return f"push via {via}: not subscribed, polling meanwhile"
+    return (
+        f"push via {via}: subscribed; {listener.messages} messages, "
+        f"{listener.connections} connection(s)"
+    )
+
+
 def listeners() -> list[Listener]:
     """The listeners running in this process."""
     return list(_listeners.values())
@@ -368,6 +389,7 @@ __all__ = [
     "HEARTBEAT",
     "SILENCE",
     "Listener",
+    "describe",
     "listener_for",
     "listeners",
     "run_callbacks",

@@ -34,6 +34,7 @@ from dataclasses import asdict, dataclass
 from functools import partial
 from typing import Any
 
+from syncache import push
 from syncache.conf import get_config
 from syncache.dogpile import held_mutexes
 from syncache.groups import _page_specs
@@ -96,6 +97,7 @@ def medium_description(alias: str) -> dict[str, Any]:
         "backend": _qualified_name(type(medium.cache)),
         "medium": type(medium).__name__,
         "capabilities": asdict(medium.capabilities),
+        "checks": push.describe(alias),
     }
 
 

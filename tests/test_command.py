@@ -139,6 +139,7 @@ def test_status_json(backend: Backend, make_cache: MakeCache) -> None:
         "backend": backend.caches["default"]["BACKEND"],
         "medium": type(get_medium()).__name__,
         "capabilities": asdict(get_medium().capabilities),
+        "checks": "polling: each check reads the cache",
     }
     row = row_of(report["local_caches"], "id", cache.id)
     assert isinstance(row["generation"], int)

@@ -380,3 +380,23 @@ def test_the_listener_and_request_threads_together(push: Push) -> None:
     assert push.listener._thread.is_alive() and push.listener.trusted_from
     check_all(force=True)
     assert local.get("v", 200) == 200
+
+
+@on_push_backends
+def test_status_reports_say_how_checks_run(push: Push) -> None:
+    from syncache.status import medium_description
+
+    assert medium_description("default")["checks"].startswith("push via ")
+    assert "subscribed; " in medium_description("default")["checks"]
+
+
+def test_status_reports_polling(backend: Backend) -> None:
+    from syncache.status import medium_description
+
+    assert medium_description("default")["checks"].startswith("polling")
+    with backend.syncache_settings(PUSH=True):
+        described = medium_description("default")["checks"]
+    if backend.name in ("redis", "django_redis"):
+        assert described.endswith("no listener yet in this process (polling)")
+    else:
+        assert described.startswith("polling"), "nothing can carry messages"

@@ -204,6 +204,7 @@ class Command(BaseCommand):
                 f"through {medium['medium']}"
             )
             self.stdout.write(f"  capabilities: {flags}")
+            self.stdout.write(f"  checks: {medium['checks']}")
         self.stdout.write(f"Key prefix: {report['key_prefix']}")
         several_aliases = len(report["media"]) > 1
         self._local_table(report["local_caches"], several_aliases)
