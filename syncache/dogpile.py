@@ -41,7 +41,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from syncache.conf import get_config
 from syncache.keys import KeyInput, make_cache_key
-from syncache.medium import FAILED, Medium, get_medium
+from syncache.medium import FAILED, Medium, _Failed, get_medium
 
 logger = logging.getLogger("syncache")
 
@@ -449,21 +449,19 @@ class CacheMutex:
         token = secrets.token_hex(16)
         tries = 0
         while True:
+            # Take and fence in one step (one round trip on Redis).
             taken = medium.attempt(
                 "acquiring lock",
                 self.lock_key,
-                lambda: medium.lock_acquire(self.lock_key, token, self.timeout),
+                lambda: medium.lock_take(
+                    self.lock_key, token, self.timeout, fence_key=self.fence_key
+                ),
             )
-            if taken is FAILED:
+            if isinstance(taken, _Failed):
                 self._hold(None, None)
                 return True
-            if taken:
-                fence = medium.attempt(
-                    "fencing lock",
-                    self.fence_key,
-                    lambda: medium.lock_fence(self.fence_key),
-                )
-                self._hold(token, fence if isinstance(fence, int) else None)
+            if taken.taken:
+                self._hold(token, taken.fence)
                 return True
             now = time.monotonic()
             if not wait or (deadline is not None and now >= deadline):

@@ -498,7 +498,7 @@ def test_held_mutexes_shows_a_degraded_hold(lock_backend: Backend) -> None:
     mutex = CacheMutex(unique("lock"))
     medium_class = type(get_medium())
     with mock.patch.object(
-        medium_class, "lock_acquire", side_effect=ConnectionError("down")
+        medium_class, "lock_take", side_effect=ConnectionError("down")
     ):
         assert mutex.acquire()
     try:
