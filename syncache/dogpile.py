@@ -322,6 +322,10 @@ def wait_for_release(medium: Medium, lock_key: str, seconds: float) -> bool:
         lock_key,
         functools.partial(medium.lock_wait, lock_key, max(0.0, seconds)),
     )
+    if isinstance(woken, _Failed):
+        # Never a hot loop: without a signal, pause as other backends do.
+        time.sleep(max(0.0, seconds))
+        return False
     return woken is True
 
 
@@ -386,6 +390,7 @@ class CacheMutex:
         self.degraded = False
         self._local = threading.Lock()
         self._token: str | None = None
+        self._orphan: str | None = None
         self._acquired_at = 0.0
 
     def __repr__(self) -> str:
@@ -458,6 +463,9 @@ class CacheMutex:
                 ),
             )
             if isinstance(taken, _Failed):
+                # The take may have reached the cache with its reply lost:
+                # release() deletes that lock too, if it is there.
+                self._orphan = token
                 self._hold(None, None)
                 return True
             if taken.taken:
@@ -510,6 +518,14 @@ class CacheMutex:
         token = self._check_held("release()")
         try:
             if token is None:
+                orphan, self._orphan = self._orphan, None
+                if orphan is not None:  # best effort: the backend may be back
+                    medium = get_medium(self.cache_alias)
+                    medium.attempt(
+                        "releasing lock",
+                        self.lock_key,
+                        functools.partial(medium.lock_release, self.lock_key, orphan),
+                    )
                 return True
             medium = get_medium(self.cache_alias)
             released = medium.attempt(

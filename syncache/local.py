@@ -344,7 +344,8 @@ class LocalSyncCache(dict):  # type: ignore[type-arg]
 
     def _empty(self, serial: int) -> None:
         dict.clear(self)
-        self._cleared_serial = serial
+        # An older check finishing late must not lower it.
+        self._cleared_serial = max(self._cleared_serial, serial)
         self.last_cleared = time.monotonic()
 
     def _apply(self, stored: Any, serial: int) -> None:
@@ -490,6 +491,13 @@ class LocalSyncCache(dict):  # type: ignore[type-arg]
         return "\n".join(lines)
 
 
+def _registry_lock_after_fork() -> None:
+    # The push listener thread may have held it at fork.
+    LocalSyncCache.CACHES._lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_registry_lock_after_fork)
+
 _sync_gen = attrgetter("sync_gen")
 
 _last_check = (float("-inf"), 0)
@@ -521,23 +529,23 @@ def check_all(*, force: bool = False) -> None:
                 continue  # push mode: nothing changed, no round trip
             mark = listener.mark()
         stored = read_generations(get_medium(alias), keys)
-        if listener is not None:
-            if any(value is FAILED for value in stored):
-                registry.push_marks.pop(alias, None)
-            else:
-                registry.push_marks[alias] = mark
         syncs = (
             views.syncs if len(views.groups) == 1 else [views.syncs[i] for i in indexes]
         )
         held = list(map(_sync_gen, syncs))
         # The common case, nothing changed, in one C-level comparison.
-        if stored == held and None not in stored:
-            continue
-        for position, (value, sync) in enumerate(zip(stored, syncs, strict=True)):
-            if value is None or value is FAILED or value != sync.sync_gen:
-                cache = views.refs[indexes[position]]()
-                if cache is not None:
-                    cache._apply(value, serial)
+        if stored != held or None in stored:
+            for position, (value, sync) in enumerate(zip(stored, syncs, strict=True)):
+                if value is None or value is FAILED or value != sync.sync_gen:
+                    cache = views.refs[indexes[position]]()
+                    if cache is not None:
+                        cache._apply(value, serial)
+        if listener is not None:
+            # Only once what was read is applied may other checks skip.
+            if any(value is FAILED for value in stored):
+                registry.push_marks.pop(alias, None)
+            else:
+                registry.push_marks[alias] = mark
     registry.check_count += 1
     for cache in registry.pop_stale():
         cache._clear_stale(serial)

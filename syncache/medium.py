@@ -31,6 +31,7 @@ import contextlib
 import datetime as dt
 import logging
 import math
+import os
 import pickle
 import secrets
 import threading
@@ -288,6 +289,11 @@ class Medium:
             with contextlib.suppress(Exception):
                 self.lock_release(key, token)
             raise
+        # A pause between the add and the fence longer than the lease lets
+        # another process take the lock and a smaller token meanwhile: this
+        # token is only good if the lock is still ours after fencing.
+        if not self.lock_extend(key, token, timeout):
+            return LockTake(False, None, None)
         return LockTake(True, fence, None)
 
     def lock_held(self, key: str) -> bool:
@@ -437,14 +443,19 @@ class Medium:
 
     def _announce(self, key: str) -> None:
         """Tell this process's listener, and publish unless done inline."""
-        if self.push_mode == "url":
-            try:
-                self.push_client().publish(self.push_channel, key)
-            except Exception as error:  # the bump itself is stored
-                self._log_failure("publishing", key, error)
         hook = self.on_publish
         if hook is not None:
             hook(key)
+        if self.push_mode == "url":
+            self._publish_when_visible(key)
+
+    def _publish_when_visible(self, key: str) -> None:
+        """Publish ``key`` to ``PUSH_URL`` once other processes can read the
+        change (at once, except on the database cache: see its override)."""
+        try:
+            self.push_client().publish(self.push_channel, key)
+        except Exception as error:  # the change itself is stored
+            self._log_failure("publishing", key, error)
 
     def touch_epoch(self) -> None:
         """Write a fresh epoch for this alias and key prefix."""
@@ -724,6 +735,23 @@ class DatabaseMedium(Medium):
         cross_process=True,
         cross_host=True,
     )
+
+    def _publish_when_visible(self, key: str) -> None:
+        # Inside a transaction on the cache's database the new generation is
+        # not visible to other connections yet: a message now would make
+        # them read (and trust) the old one. Publish at commit.
+        from django.db import router, transaction
+
+        cache: Any = self.cache
+        using = router.db_for_write(cache.cache_model_class)
+        if transaction.get_connection(using).in_atomic_block:
+            transaction.on_commit(
+                lambda: super(DatabaseMedium, self)._publish_when_visible(key),
+                using=using,
+                robust=True,
+            )
+        else:
+            super()._publish_when_visible(key)
 
     def _confirmed_write(
         self, mode: str, key: str, value: Generation, timeout: float | None = None
@@ -1203,7 +1231,9 @@ class RedisMedium(Medium):
         pool = client.connection_pool
         socket_timeout = pool.connection_kwargs.get("socket_timeout")
         piece = socket_timeout / 2 if socket_timeout else math.inf
-        long_enough = min(seconds, piece) >= LOCK_SIGNAL_RESOLUTION
+        # Too short to block for at least 10 ms past Redis's resolution:
+        # sleep instead (never a BLPOP timeout Redis could read as 0).
+        long_enough = min(seconds, piece) >= LOCK_SIGNAL_RESOLUTION + 0.01
         if not (long_enough and _blocking_waiters.enter(pool)):
             return super().lock_wait(key, seconds)
         try:
@@ -1211,12 +1241,12 @@ class RedisMedium(Medium):
             deadline = time.monotonic() + seconds
             while True:
                 remaining = deadline - time.monotonic()
-                if remaining < LOCK_SIGNAL_RESOLUTION:
-                    return False  # a try a little early rather than a late one
-                # Whole milliseconds, at least one: Redis reads a timeout
-                # under 1 ms as 0, which blocks for ever.
+                # Whole milliseconds, at least 10: Redis before 7.0.8 reads a
+                # timeout under 1 ms as 0, which blocks for ever.
                 timeout = round(min(remaining, piece) - LOCK_SIGNAL_RESOLUTION, 3)
-                if client.blpop([signal], timeout=max(0.001, timeout)) is not None:
+                if timeout < 0.01:
+                    return False  # a try a little early rather than a late one
+                if client.blpop([signal], timeout=timeout) is not None:
                     return True
         finally:
             _blocking_waiters.leave(pool)
@@ -1325,11 +1355,12 @@ local held = redis.call('get', KEYS[1])
 if held and (ARGV[3] == '' or string.sub(held, 1, #ARGV[3]) ~= ARGV[3]) then
     return {0, held}
 end
-redis.call('set', KEYS[1], ARGV[1], 'PX', ARGV[2])
+local fence = 0
 if KEYS[2] then
-    return {1, redis.call('incr', KEYS[2])}
+    fence = redis.call('incr', KEYS[2])  -- first: a failing INCR sets nothing
 end
-return {1, 0}
+redis.call('set', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return {1, fence}
 """
 
 #: Wake one waiter of a lock: push on its signal list ``KEYS[1]`` (at most
@@ -1369,7 +1400,14 @@ def _medium_class(cache: BaseCache) -> type[Medium]:
     if isinstance(cache, LocMemCache):
         return LocMemMedium
     if isinstance(cache, BaseMemcachedCache):
-        return MemcachedMedium
+        from django.core.cache.backends.memcached import PyMemcacheCache
+
+        # gets/cas as MemcachedMedium uses them are pymemcache's; pylibmc
+        # needs a cas behaviour Django does not set: atomic add and incr
+        # only (no locks, and system check E004 says so).
+        if isinstance(cache, PyMemcacheCache):
+            return MemcachedMedium
+        return AtomicMedium
     if isinstance(cache, DatabaseCache):
         return DatabaseMedium
     if isinstance(cache, FileBasedCache):
@@ -1409,6 +1447,18 @@ def get_medium(alias: str | None = None) -> Medium:
         if alias not in _media:
             _media[alias] = _medium_class(caches[alias])(alias)
         return _media[alias]
+
+
+def _locks_after_fork() -> None:
+    # Another thread (the push listener) may have held one at fork: the
+    # child's copy would stay locked for ever.
+    global _media_lock
+    _media_lock = threading.Lock()
+    for medium in list(_media.values()):
+        medium._log_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_locks_after_fork)
 
 
 @receiver(setting_changed)

@@ -69,6 +69,8 @@ SUBSCRIBE_TIMEOUT = 5.0
 #: How many keys a listener remembers the last message of; past it, it
 #: forgets them all and every holder reads once more.
 MAX_REMEMBERED_KEYS = 10_000
+#: Messages handled before the listener refreshes and pings again.
+MAX_BATCH = 1000
 #: Reconnection backoff: first and longest pause, in seconds.
 BACKOFF_START = 0.05
 BACKOFF_CAP = 2.0
@@ -106,6 +108,8 @@ class Listener:
         self._ready = False
         self.last_heard = -math.inf
         self.last_seen: dict[str, int] = {}
+        #: Marks older than this are not trusted per key (keys forgotten).
+        self.forgotten_before = 0
         self.messages = 0
         self.connections = 0
         self._trusted = threading.Condition()
@@ -140,7 +144,7 @@ class Listener:
         if key is None:
             if self.seq != seq:
                 return False
-        elif self.last_seen.get(key, 0) > seq:
+        elif self.last_seen.get(key, 0) > seq or seq < self.forgotten_before:
             return False
         now = time.monotonic()
         return now - read_at < self.recheck_interval and now - self.last_heard < SILENCE
@@ -149,9 +153,10 @@ class Listener:
         """Record a change of ``key`` (a message, or a bump made here)."""
         seq = next(_seqs)
         if len(self.last_seen) >= MAX_REMEMBERED_KEYS:
-            self.last_seen.clear()
-            if self.trusted_from is not None:
-                self.trusted_from = seq  # forget nothing silently: all re-read
+            # Forget nothing silently: every holder that read before now
+            # reads again (the floor is raised before the keys go).
+            self.forgotten_before = seq
+            self.last_seen = {}
         self.last_seen[key] = seq
         self.seq = seq
 
@@ -179,6 +184,19 @@ class Listener:
         self.seq = next(_seqs)
 
     def _run(self) -> None:
+        try:
+            self._loop()
+        finally:
+            # Whatever ends the thread (even a BaseException from a
+            # callback), nobody trusts it any more; listener_for() starts
+            # another.
+            self._distrust()
+
+    def alive(self) -> bool:
+        """Whether the listener thread runs (it restarts after errors)."""
+        return self._thread.is_alive()
+
+    def _loop(self) -> None:
         backoff = BACKOFF_START
         while not self._stop.is_set():
             pubsub = None
@@ -223,11 +241,14 @@ class Listener:
             self._trusted.notify_all()
 
     def _listen(self, pubsub: Any) -> None:
+        pubsub.ping()
         pinged = rechecked = time.monotonic()
         while not self._stop.is_set():
             message = pubsub.get_message(timeout=HEARTBEAT)
             keys: set[str] = set()
+            drained = 0
             while message is not None:
+                drained += 1
                 self.last_heard = time.monotonic()
                 if message["type"] == "subscribe":
                     # redis-py reconnected and subscribed again by itself:
@@ -240,20 +261,24 @@ class Listener:
                     self.note(key)
                     self.messages += 1
                     keys.add(key)
-                message = pubsub.get_message(timeout=0)
-            now = time.monotonic()
-            if keys:
+                # A burst is handled in slices, so callbacks and pings go on.
+                message = None if drained >= MAX_BATCH else pubsub.get_message(0)
+            if time.monotonic() - rechecked >= self.recheck_interval:
+                self._refresh(None)  # due whatever else arrives
+                rechecked = time.monotonic()
+            elif keys:
                 self._refresh(keys)
-            elif now - rechecked >= self.recheck_interval:
-                self._refresh(None)
-                rechecked = now
-            if now - pinged >= HEARTBEAT:
+            now = time.monotonic()
+            if self.last_heard < pinged and now - pinged > SILENCE:
+                # Only an unanswered ping counts as silence: time spent in
+                # refreshes does not.
+                raise TimeoutError(
+                    f"Redis has not answered a ping on {self.channel!r} for "
+                    f"{SILENCE:g} s."
+                )
+            if now - pinged >= HEARTBEAT and self.last_heard >= pinged:
                 pubsub.ping()
                 pinged = now
-            if now - self.last_heard > SILENCE:
-                raise TimeoutError(
-                    f"Redis has not answered on {self.channel!r} for {SILENCE:g} s."
-                )
 
     def _refresh(self, keys: set[str] | None) -> None:
         """Bring this process up to date after messages naming ``keys``
@@ -263,14 +288,21 @@ class Listener:
         alias) and calls the callbacks of the synchronizers concerned.
         Errors are logged; the request-time checks still poll meanwhile.
         """
+        from django.db import close_old_connections
+
         from syncache.local import check_all
         from syncache.synchronizer import notify_expired
 
+        # This thread has no requests: recycle its database connections (a
+        # database cache, callbacks using the ORM) as a request would.
+        close_old_connections()
         try:
             check_all(force=True)
             notify_expired(self.alias, keys)
         except Exception:
             logger.exception("Push invalidation on %r: refresh failed.", self.alias)
+        finally:
+            close_old_connections()
 
     def _log_lost(self, error: Exception) -> None:
         if self._stop.is_set():
@@ -301,7 +333,11 @@ def listener_for(alias: str | None) -> Listener | None:
         return None
     medium = get_medium(alias)
     listener = _listeners.get(medium.alias)
-    if listener is not None and listener.medium is medium:
+    if (
+        listener is not None
+        and listener.medium is medium
+        and (listener.trusted_from is not None or listener.alive())
+    ):
         return listener
     return _start(medium)
 
@@ -311,7 +347,7 @@ def _start(medium: Medium) -> Listener | None:
         return None
     with _listeners_lock:
         listener = _listeners.get(medium.alias)
-        if listener is not None and listener.medium is medium:
+        if listener is not None and listener.medium is medium and listener.alive():
             return listener
         if listener is not None:
             listener.stop()

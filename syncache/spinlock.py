@@ -464,6 +464,7 @@ class DSpinlockBase(ABC):
         cache_alias: str | None = None,
     ) -> None:
         self._obj = obj
+        self._orphan: str | None = None
         self._medium = _medium_for(sess, redis_params, cache_alias)
         self._fail_if_key_exists = bool(fail_if_key_exists)
         self._cached_if_computed = bool(cached_if_computed)
@@ -489,6 +490,12 @@ class DSpinlockBase(ABC):
     @functools.cached_property
     def _obj_hash(self) -> str:
         return self._get_uid(self._obj)
+
+    @property
+    def _obj_uid(self) -> str:
+        """dspinlock's name for :meth:`_get_uid` of the object (its
+        subclasses' ``get_key()`` read it)."""
+        return self._obj_hash
 
     @abstractmethod
     def get_key(self) -> str:
@@ -599,6 +606,9 @@ class DSpinlockBase(ABC):
         while True:
             result = medium.attempt("acquiring spin lock", state_key, take)
             if not isinstance(result, LockTake):
+                # The take may have reached the cache with its reply lost:
+                # release() deletes that state too, if it is there.
+                self._orphan = mine
                 return self._acquire_degraded(patience - (time.monotonic() - started))
             if result.taken:
                 self._hold(mine, result.fence)
@@ -701,12 +711,19 @@ class DSpinlockBase(ABC):
         self.acquired = self.degraded = False
         self.fencing_token = None
         self._value = self._local = None
-        if local is not None:
-            local.lock.release()
-            return
-        assert value is not None
         medium = self._medium
         state_key = self._state_key
+        if local is not None:
+            local.lock.release()
+            orphan, self._orphan = self._orphan, None
+            if orphan is not None:  # best effort: the backend may be back
+                medium.attempt(
+                    "releasing spin lock",
+                    state_key,
+                    functools.partial(medium.lock_release, state_key, orphan),
+                )
+            return
+        assert value is not None
         if computed:
             _, keep_seconds = self._limits()
             done = COMPUTED + value[len(COMPUTING) :]

@@ -20,6 +20,7 @@ per-alias epoch (see the backends page of the documentation).
 from __future__ import annotations
 
 import dataclasses
+import os
 import threading
 import weakref
 from collections.abc import Iterable, Sequence
@@ -96,7 +97,9 @@ class GenerationSynchronizer:
         self.sync_gen: Generation | None = None
         # Push mode: the listener's mark taken before the read that
         # established sync_gen (None: read again at the next check).
-        self._push_mark: Mark | None = None
+        # With the generation that read established: the mark vouches for
+        # that generation only (another thread may adopt another meanwhile).
+        self._push_mark: tuple[Mark, Generation | None] | None = None
         self._callbacks: list[Callback] = []
         self._notified: Generation | None = None
         _registry.add(self)
@@ -124,8 +127,12 @@ class GenerationSynchronizer:
         listener = listener_for(self.cache_alias)
         mark: Mark | None = None
         if listener is not None:
-            mark = self._push_mark
-            if mark is not None and listener.quiet(mark, self.cache_key):
+            last = self._push_mark
+            if (
+                last is not None
+                and last[1] == self.sync_gen
+                and listener.quiet(last[0], self.cache_key)
+            ):
                 return False  # push mode: nothing changed, no round trip
             mark = listener.mark()
         medium = self.medium
@@ -134,8 +141,9 @@ class GenerationSynchronizer:
             self.cache_key,
             lambda: medium.get(self.cache_key),
         )
-        expired = is_expired_value(stored, self.sync_gen)
-        self._push_mark = None if listener is None or expired else mark
+        held = self.sync_gen
+        expired = is_expired_value(stored, held)
+        self._push_mark = None if mark is None or expired else (mark, held)
         return expired
 
     def refresh(self) -> None:
@@ -154,8 +162,17 @@ class GenerationSynchronizer:
             self.cache_key,
             lambda: medium.seed(self.cache_key, missing=missing),
         )
-        self.sync_gen = None if stored is FAILED else stored
-        self._push_mark = None if stored is FAILED else mark
+        self._adopt_read(stored, mark)
+
+    def _adopt_read(self, stored: Generation | _Failed, mark: Mark | None) -> None:
+        """Adopt a generation just read or written, with the mark taken
+        before that read or write."""
+        if isinstance(stored, _Failed):
+            self.sync_gen = None
+            self._push_mark = None
+        else:
+            self.sync_gen = stored
+            self._push_mark = None if mark is None else (mark, stored)
 
     def adopt(self, generation: Generation | None) -> None:
         """Adopt a generation read earlier (by :func:`fetch_generations`).
@@ -197,8 +214,7 @@ class GenerationSynchronizer:
             self.cache_key,
             lambda: medium.bump(self.cache_key),
         )
-        self.sync_gen = None if stored is FAILED else stored
-        self._push_mark = None if stored is FAILED else mark
+        self._adopt_read(stored, mark)
 
     def _mark(self) -> Mark | None:
         listener = listener_for(self.cache_alias)
@@ -299,6 +315,14 @@ class _Snapshots:
 
 
 _snapshots = _Snapshots()
+
+
+def _snapshot_lock_after_fork() -> None:
+    # The push listener thread may have held it at fork.
+    _snapshots._lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_snapshot_lock_after_fork)
 
 
 def read_generations(

@@ -123,7 +123,9 @@ class StatusView(View):
                 request.get_full_path() if request.method == "GET" else request.path,
                 reverse("admin:login", current_app=site.name),
             )
-        if not (user.is_active and user.is_staff):
+        # The admin site's own rule (active staff by default; stricter on a
+        # site that also wants a second factor, a superuser, an address).
+        if not (user.is_active and user.is_staff and site.has_permission(request)):
             raise PermissionDenied("The syncache status page is for staff users.")
         request.current_app = site.name
         return super().dispatch(request, *args, **kwargs)

@@ -13,6 +13,16 @@ LOCMEM = "django.core.cache.backends.locmem.LocMemCache"
 REDIS = "django.core.cache.backends.redis.RedisCache"
 
 
+@pytest.fixture(autouse=True)
+def _no_lock_users() -> Any:
+    """Start with no declared lock users: other tests' decorators (which
+    stay registered for the process) must not trigger E004 here."""
+    from syncache.dogpile import lock_users
+
+    with mock.patch.dict(lock_users, clear=True):
+        yield
+
+
 def _ids(**settings: Any) -> list[str]:
     with override_settings(**settings):
         return sorted(

@@ -27,6 +27,7 @@ from unittest import mock
 
 import pytest
 from django.contrib.auth.models import AbstractUser
+from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse
 from django.test import AsyncClient, Client
 from django.urls import include, path, reverse
@@ -659,3 +660,26 @@ def test_the_command_and_the_page_share_the_report(
     shown = page(staff_client).rows[("local", cache.id, "default")]
     assert shown["generation"] == str(row["generation"])
     assert shown["length"] == str(row["length"])
+
+
+def test_the_admin_sites_own_permission_rule_applies(staff: AbstractUser) -> None:
+    """A site stricter than "active staff" (superusers only, a second
+    factor...) keeps its rule on the status page."""
+    from django.contrib.admin import AdminSite
+    from django.contrib.sessions.backends.db import SessionStore
+    from django.test import RequestFactory
+
+    from syncache.views import StatusView
+
+    class SuperusersOnly(AdminSite):
+        def has_permission(self, request: HttpRequest) -> bool:
+            return bool(request.user.is_active and request.user.is_superuser)
+
+    view = StatusView.as_view(admin_site=SuperusersOnly(name="strict"))
+    request = RequestFactory().get("/strict/syncache/")
+    request.user = staff
+    request.session = SessionStore()
+    with pytest.raises(PermissionDenied):
+        view(request)
+    staff.is_superuser = True
+    assert view(request).status_code == 200
