@@ -33,7 +33,13 @@ from syncache.groups import (
 from syncache.hooks import clear_on_change, invalidate, invalidate_on_commit
 from syncache.keys import make_cache_key
 from syncache.local import CacheIdError, LocalSyncCache, check_all, checked
-from syncache.medium import FAILED, Capabilities, WriteNotConfirmed, get_medium
+from syncache.medium import (
+    FAILED,
+    Capabilities,
+    LockInTransaction,
+    WriteNotConfirmed,
+    get_medium,
+)
 from syncache.spinlock import (
     AtomicQueryInvalidStateException,
     DSpinlockBase,
@@ -72,6 +78,7 @@ __all__ = [
     "LocalSyncCache",
     "Lock",
     "LockError",
+    "LockInTransaction",
     "LockNotOwned",
     "LockNotSupported",
     "NameRegistry",

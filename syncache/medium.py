@@ -82,6 +82,13 @@ class WriteNotConfirmed(Exception):
     """The backend accepted a write but did not store it, even after retries."""
 
 
+class LockInTransaction(RuntimeError):
+    """A database-cache lock was asked for inside a transaction on the
+    cache's own database, where other processes could not see it (and
+    PostgreSQL would make them wait without a deadline). A usage error: the
+    failure policy never turns it into "expired"."""
+
+
 @dataclass(frozen=True)
 class Capabilities:
     """What a backend can do, as far as syncache's promises go."""
@@ -504,7 +511,7 @@ class Medium:
         """
         try:
             result = operation()
-        except InvalidCacheKey:
+        except (InvalidCacheKey, LockInTransaction):
             raise
         except Exception as error:
             if get_config().failure_policy == "raise":
@@ -901,6 +908,16 @@ class DatabaseMedium(Medium):
         cache: Any = self.cache
         full_key = cache.make_and_validate_key(key)
         using = router.db_for_write(cache.cache_model_class)
+        if transaction.get_connection(using).in_atomic_block:
+            raise LockInTransaction(
+                f"Lock {key!r} on cache {self.alias!r} (a DatabaseCache on "
+                f"database {using!r}) was asked for inside a transaction on "
+                f"that database: other processes would not see it before the "
+                f"commit. Take the lock before transaction.atomic() (and "
+                f"outside ATOMIC_REQUESTS views), give the cache table a "
+                f"database alias of its own (a database router), or use "
+                f"Redis or memcached for locks."
+            )
         try:
             with transaction.atomic(using=using):
                 self._lock_sql(

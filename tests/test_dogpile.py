@@ -688,3 +688,23 @@ def test_outage_runs_the_creator_in_process(
     assert get_or_create("k", creator, 60) == "computed"
     assert get_or_create("k", creator, 60) == "computed"
     assert creator.calls == 3
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"], indirect=True)
+def test_a_database_cache_lock_inside_its_transaction_is_refused(
+    backend: Any,
+) -> None:
+    from django.db import transaction
+
+    from syncache import HashDSpinlock, LockInTransaction
+
+    assert backend.database is not None
+    mutex = CacheMutex("in-transaction")
+    with transaction.atomic(using=backend.database):
+        with pytest.raises(LockInTransaction, match=r"before transaction\.atomic"):
+            mutex.acquire()
+        with pytest.raises(LockInTransaction), HashDSpinlock("in-transaction"):
+            pass
+    assert not mutex.locked()
+    assert mutex.acquire(wait=False), "outside the transaction it works"
+    mutex.release()
