@@ -16,6 +16,9 @@ from django.utils.module_loading import import_string
 from syncache.conf import config_problems, get_config
 from syncache.keys import DEFAULT_MAX_LENGTH, MEMCACHED_MAX_KEY_LENGTH
 
+#: Room for the suffixes locks add to a key (``!spinlock``, ``!fence``...).
+KEY_SUFFIX_ROOM = 10
+
 #: For each backend class path, the OPTIONS keys any one of which bounds how
 #: long a request waits for a server that stopped answering.
 _TIMEOUT_OPTIONS: dict[str, tuple[str, ...]] = {
@@ -129,15 +132,14 @@ def check_cache_backend(
             )
         )
     overhead = len(f"{config.get('KEY_PREFIX', '')}:{config.get('VERSION', 1)}:")
-    if overhead + DEFAULT_MAX_LENGTH > MEMCACHED_MAX_KEY_LENGTH:
+    prefix_room = MEMCACHED_MAX_KEY_LENGTH - DEFAULT_MAX_LENGTH - KEY_SUFFIX_ROOM - 4
+    if overhead + DEFAULT_MAX_LENGTH + KEY_SUFFIX_ROOM > MEMCACHED_MAX_KEY_LENGTH:
         messages.append(
             checks.Warning(
                 f"Cache {alias!r} has a KEY_PREFIX and VERSION that take "
                 f"{overhead} characters; syncache's keys may then exceed "
                 f"{MEMCACHED_MAX_KEY_LENGTH} bytes, which memcached refuses.",
-                hint=f"Keep KEY_PREFIX under "
-                f"{MEMCACHED_MAX_KEY_LENGTH - DEFAULT_MAX_LENGTH - 4} "
-                f"characters.",
+                hint=f"Keep KEY_PREFIX under {prefix_room} characters.",
                 id="syncache.W003",
             )
         )

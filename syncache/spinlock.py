@@ -602,6 +602,7 @@ class DSpinlockBase(ABC):
         patience = self.max_spinlock_tries * self.spinlock_sleep_thresh
         started = time.monotonic()
         tries = 0
+        retries_at_once = 0
         woken = False
         while True:
             result = medium.attempt("acquiring spin lock", state_key, take)
@@ -624,8 +625,12 @@ class DSpinlockBase(ABC):
                 if woken:
                     self._pass_wake_up(state_key)
                 return False
-            if state != COMPUTING:
-                continue  # released or taken over since: try again at once
+            if state != COMPUTING and retries_at_once < 2:
+                # Released or taken over since: try again at once, twice at
+                # most (a backend answering defaults must not spin a CPU).
+                retries_at_once += 1
+                continue
+            retries_at_once = 0
             waited = time.monotonic() - started
             pause = backoff_pause(medium, tries, self.spinlock_sleep_thresh)
             if tries >= self.max_spinlock_tries:
