@@ -29,6 +29,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import datetime as dt
+import io
 import logging
 import math
 import os
@@ -80,6 +81,15 @@ FAILED: Final = _Failed()
 
 class WriteNotConfirmed(Exception):
     """The backend accepted a write but did not store it, even after retries."""
+
+
+class _PlainUnpickler(pickle.Unpickler):
+    """Unpickles plain data (strings, numbers, tuples...) and refuses any
+    class or function reference: what a lock reads back from a shared cache
+    must never run code."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
 
 
 class LockInTransaction(RuntimeError):
@@ -975,7 +985,12 @@ class DatabaseMedium(Medium):
             return None
         connection = self._lock_connection()
         raw = connection.ops.process_clob(row[0])
-        return pickle.loads(base64.b64decode(raw.encode()))
+        try:
+            return _PlainUnpickler(io.BytesIO(base64.b64decode(raw.encode()))).load()
+        except Exception:
+            # Not a value a lock wrote: hand it over as it is, for the
+            # caller's own "invalid value" error (and never run its code).
+            return raw
 
     def lock_fence(self, key: str) -> int:
         """Increment the counter in one conditional ``UPDATE`` (retried if

@@ -291,6 +291,31 @@ def test_a_value_stored_through_django_is_an_error(lock_backend: Any) -> None:
         lock.acquire()
 
 
+_unpickled: list[str] = []
+
+
+def _run_on_unpickle() -> str:
+    _unpickled.append("code ran")
+    return "computing,planted"
+
+
+class Planted:
+    """A value whose unpickling runs code (what a hostile writer of a
+    shared cache could plant)."""
+
+    def __reduce__(self) -> Any:
+        return (_run_on_unpickle, ())
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"], indirect=True)
+def test_a_planted_pickle_never_runs(backend: Any) -> None:
+    lock = HashDSpinlock("planted")
+    caches["default"].set(state_key(lock), Planted())
+    with pytest.raises(InvalidValueEncounteredDuringUnpacking):
+        lock.acquire()
+    assert _unpickled == [], "the lock read it without unpickling code"
+
+
 def test_delete_atomic_query_mutex_state(lock_backend: Any) -> None:
     with HashDSpinlock("state") as lock:
         assert not lock.delete_atomic_query_mutex_state(), "its own lock is kept"
