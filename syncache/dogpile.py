@@ -21,7 +21,11 @@ Across processes, :class:`CacheMutex` is a lock on the Django cache, and
 both together: the value lives in the cache with a separate "fresh" marker
 key that expires after ``expiretime``, so freshness is decided by the
 cache's own expiry and no timestamp is ever compared between processes.
-DESIGN.md promises 7 (locks exclude) and 8 (one creator per expiry).
+Invalidations write fresh random tokens that the creator read before it
+ran and stored with its value, so a value computed before an
+invalidation is never taken for one computed after it.
+DESIGN.md promises 3 (no stale write after an invalidation), 7 (locks
+exclude) and 8 (one creator per expiry).
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from syncache.conf import get_config
 from syncache.keys import KeyInput, make_cache_key
-from syncache.medium import FAILED, Medium, _Failed, get_medium
+from syncache.medium import FAILED, Medium, _Failed, get_medium, new_generation
 
 logger = logging.getLogger("syncache")
 
@@ -53,6 +57,14 @@ DEFAULT_LOCK_TIMEOUT = 30.0
 #: Seconds :func:`get_or_create` keeps a value after it stopped being fresh,
 #: to serve it while one process recomputes it.
 DEFAULT_STALE_TTL = 300.0
+#: The longest lock timeout (30 days). Longer leases are never meant, and
+#: memcached cannot store them reliably: Django sends a timeout over 30 days
+#: as a Unix time, which memcached reads as a signed 32-bit number (2038).
+MAX_LOCK_TIMEOUT = 30 * 24 * 3600.0
+#: The key namespace of :func:`get_or_create` (see
+#: :func:`syncache.keys.make_cache_key`): its keys never collide with a
+#: synchronizer's, a group's or a spin lock's of the same name.
+NAMESPACE = "dogpile"
 
 #: Suffixes of the keys derived from a user key. ``!`` never appears in a key
 #: made by :func:`syncache.keys.make_cache_key`, so none can collide with
@@ -60,6 +72,10 @@ DEFAULT_STALE_TTL = 300.0
 LOCK_SUFFIX = "!lock"
 FENCE_SUFFIX = "!fence"
 FRESH_SUFFIX = "!fresh"
+#: Tokens of a :func:`get_or_create` value: every invalidation writes a new
+#: one at ``GEN_SUFFIX``, a hard one also at ``HARD_SUFFIX``.
+GEN_SUFFIX = "!gen"
+HARD_SUFFIX = "!hard"
 
 #: Exponential backoff of a waiting :class:`CacheMutex`: first and longest
 #: pause, in seconds, each with up to half of it as random jitter.
@@ -329,6 +345,25 @@ def wait_for_release(medium: Medium, lock_key: str, seconds: float) -> bool:
     return woken is True
 
 
+def check_lock_timeout(what: str, seconds: object) -> float:
+    """Return ``seconds`` as a float if it is a lock lifetime every backend
+    can store: more than 0, at most :data:`MAX_LOCK_TIMEOUT`.
+
+    Raises:
+        ValueError: it is not (``what`` names it in the message).
+    """
+    if (
+        isinstance(seconds, bool)
+        or not isinstance(seconds, (int, float))
+        or not 0 < seconds <= MAX_LOCK_TIMEOUT
+    ):
+        raise ValueError(
+            f"{what} must be a number of seconds > 0 and at most "
+            f"{MAX_LOCK_TIMEOUT:.0f} (30 days), not {seconds!r}."
+        )
+    return float(seconds)
+
+
 class CacheMutex:
     """A mutex shared by every process that uses the same Django cache.
 
@@ -359,11 +394,16 @@ class CacheMutex:
 
     Args:
         key: Any key :func:`~syncache.keys.make_cache_key` accepts.
-        timeout: Seconds the lock lasts unless released or extended. On
-            memcached and the database cache, whole seconds plus one.
+        timeout: Seconds the lock lasts unless released or extended, at
+            most :data:`MAX_LOCK_TIMEOUT` (30 days). On memcached and the
+            database cache, whole seconds plus one.
         cache_alias: Default: ``SYNCACHE["CACHE_ALIAS"]``.
+        namespace: The key namespace (see
+            :func:`~syncache.keys.make_cache_key`); :func:`get_or_create`
+            locks in ``"dogpile"``. Default: none, as before.
 
     Raises:
+        ValueError: ``timeout`` is not a number of seconds in (0, 30 days].
         LockNotSupported: (from :meth:`acquire`) the backend has no atomic
             ``add`` and compare-and-delete (file cache, unknown backends).
     """
@@ -374,10 +414,10 @@ class CacheMutex:
         timeout: float = DEFAULT_LOCK_TIMEOUT,
         *,
         cache_alias: str | None = None,
+        namespace: str | None = None,
     ) -> None:
-        if not timeout > 0:
-            raise ValueError(f"A lock timeout must be > 0 seconds, not {timeout!r}.")
-        base = make_cache_key(key)
+        check_lock_timeout("A lock timeout", timeout)
+        base = make_cache_key(key, namespace=namespace)
         self.key = key
         self.lock_key = base + LOCK_SUFFIX
         self.fence_key = base + FENCE_SUFFIX
@@ -553,8 +593,11 @@ class CacheMutex:
             logged) or the backend failed.
 
         Raises:
+            ValueError: ``timeout`` is not in (0, 30 days].
             LockNotOwned: the lock is not held through this instance.
         """
+        if timeout is not None:
+            check_lock_timeout("extend()'s timeout", timeout)
         token = self._check_held("extend()")
         if token is None:
             return True
@@ -659,20 +702,81 @@ def held_mutexes() -> list[HeldMutex]:
 
 
 _mutexes: NameRegistry[CacheMutex] = NameRegistry(
-    lambda identifier, key, timeout, alias: CacheMutex(key, timeout, cache_alias=alias)
+    lambda identifier, key, timeout, alias: CacheMutex(
+        key, timeout, cache_alias=alias, namespace=NAMESPACE
+    )
 )
 
 
-def _read(medium: Medium, value_key: str, fresh_key: str) -> tuple[Any, float]:
-    found = medium.attempt(
-        "reading", value_key, lambda: medium.get_many([value_key, fresh_key])
-    )
+@dataclass(frozen=True)
+class _ValueKeys:
+    """The keys of one :func:`get_or_create` value, read in one round trip.
+
+    ``value`` holds ``(value, gen, hard)``: the tokens at ``gen`` and
+    ``hard`` that the creator read *before* it ran. Every invalidation
+    writes a new token at ``gen``, a hard one also at ``hard``; the value
+    is usable (stale at least) while its ``hard`` token is the current one,
+    and fresh while its ``gen`` token is too and the ``fresh`` marker has
+    not expired. A creator that read the source before an invalidation
+    read the old tokens before it too, so its value, however late it is
+    stored, is never taken for a newer one. Tokens never repeat (random
+    62-bit values), and a missing token matches no value.
+    """
+
+    value: str
+    fresh: str
+    gen: str
+    hard: str
+
+    @classmethod
+    def of(cls, key: KeyInput) -> _ValueKeys:
+        base = make_cache_key(key, namespace=NAMESPACE)
+        return cls(base, base + FRESH_SUFFIX, base + GEN_SUFFIX, base + HARD_SUFFIX)
+
+    @property
+    def all(self) -> list[str]:
+        return [self.value, self.fresh, self.gen, self.hard]
+
+
+def _fetch(medium: Medium, keys: _ValueKeys) -> list[Any] | _Failed:
+    return medium.attempt("reading", keys.value, lambda: medium.get_many(keys.all))
+
+
+def _judge(found: list[Any]) -> tuple[Any, float]:
+    """``(value, createdtime)`` from what :func:`_fetch` read, or raise
+    :class:`NeedRegenerationException` when there is no usable value."""
+    stored, fresh, gen, hard = found
+    if not (isinstance(stored, tuple) and len(stored) == 3):
+        raise NeedRegenerationException
+    value, value_gen, value_hard = stored
+    if hard is None or value_hard != hard:
+        raise NeedRegenerationException  # hard-invalidated since it was made
+    is_fresh = fresh is not None and gen is not None and value_gen == gen
+    return value, (math.inf if is_fresh else -math.inf)
+
+
+def _read(medium: Medium, keys: _ValueKeys) -> tuple[Any, float]:
+    found = _fetch(medium, keys)
     if not isinstance(found, list):
         raise NeedRegenerationException  # the backend failed: create it here
-    stored, fresh = found
-    if not (isinstance(stored, tuple) and len(stored) == 1):
-        raise NeedRegenerationException
-    return stored[0], (math.inf if fresh is not None else -math.inf)
+    return _judge(found)
+
+
+def _tokens(
+    medium: Medium, keys: _ValueKeys, found: list[Any]
+) -> tuple[Any, Any] | None:
+    """The ``(gen, hard)`` tokens a creator stores with its value, seeding
+    the missing ones (with ``add``); None when the backend failed."""
+    tokens = []
+    for key, token in ((keys.gen, found[2]), (keys.hard, found[3])):
+        if token is None:
+            token = medium.attempt(
+                "seeding", key, functools.partial(medium.seed, key, missing=True)
+            )
+            if isinstance(token, _Failed):
+                return None
+        tokens.append(token)
+    return tokens[0], tokens[1]
 
 
 def early_expiry(duration: float, beta: float, draw: float | None = None) -> float:
@@ -702,13 +806,15 @@ def early_expiry(duration: float, beta: float, draw: float | None = None) -> flo
 def _store(
     medium: Medium,
     key: KeyInput,
+    keys: _ValueKeys,
     value: Any,
+    tokens: tuple[Any, Any],
     expiretime: float | None,
     stale_ttl: float,
     early: float = 0.0,
 ) -> None:
-    value_key = make_cache_key(key)
-    wrapped = (value,)
+    value_key = keys.value
+    wrapped = (value, *tokens)
     try:
         pickle.dumps(wrapped, pickle.HIGHEST_PROTOCOL)
     except Exception as error:
@@ -730,7 +836,7 @@ def _store(
         lambda: medium.set_with_timeout(value_key, wrapped, value_timeout),
     )
     if fresh_timeout is None or fresh_timeout > 0:
-        fresh_key = value_key + FRESH_SUFFIX
+        fresh_key = keys.fresh
         medium.attempt(
             "storing",
             fresh_key,
@@ -773,7 +879,11 @@ def get_or_create(
 
     Freshness is kept by the cache itself: the value is stored for
     ``expiretime + stale_ttl`` seconds, and a marker key for
-    ``expiretime`` seconds; a missing marker means stale.
+    ``expiretime`` seconds; a missing marker means stale. The value also
+    carries the invalidation tokens its creator read before it ran (see
+    :func:`invalidate`): a creator still running when the value is
+    invalidated stores a value that is stale (or, after a hard
+    invalidation, unusable) from the start, never one served as fresh.
 
     Args:
         key: Any key :func:`~syncache.keys.make_cache_key` accepts.
@@ -810,29 +920,35 @@ def get_or_create(
     _check_beta(beta)
     alias = get_config().cache_alias if cache_alias is None else cache_alias
     medium = get_medium(alias)
-    value_key = make_cache_key(key)
-    fresh_key = value_key + FRESH_SUFFIX
-    mutex = _mutexes.get((alias, value_key, lock_timeout), key, lock_timeout, alias)
+    keys = _ValueKeys.of(key)
+    mutex = _mutexes.get((alias, keys.value, lock_timeout), key, lock_timeout, alias)
     mutex._medium()  # LockNotSupported now, not only once the value is stale
 
     def read() -> tuple[T, float]:
-        return _read(medium, value_key, fresh_key)
+        return _read(medium, keys)
 
     def create() -> tuple[T, float]:
-        try:
-            value, createdtime = read()
-        except NeedRegenerationException:
-            pass
-        else:
-            if createdtime == math.inf:
-                return value, createdtime
+        # The tokens are read before the creator reads the source (see
+        # _ValueKeys), under the lock, with the value: one round trip.
+        found = _fetch(medium, keys)
+        tokens = None
+        if isinstance(found, list):
+            try:
+                value, createdtime = _judge(found)
+            except NeedRegenerationException:
+                pass
+            else:
+                if createdtime == math.inf:
+                    return value, createdtime
+            tokens = _tokens(medium, keys, found)
         started = time.monotonic()
         value = creator()
         early = early_expiry(time.monotonic() - started, beta)
-        if mutex.extend():
-            _store(medium, key, value, expiretime, stale_ttl, early)
-        # else: the lock expired while creating (extend() logged it) and
-        # another process may have stored a newer value: keep that one.
+        # Not stored when the backend failed (the tokens are unknown), nor
+        # when the lock expired while creating (extend() logged it): another
+        # process may have stored a newer value then; keep that one.
+        if tokens is not None and mutex.extend():
+            _store(medium, key, keys, value, tokens, expiretime, stale_ttl, early)
         return value, math.inf
 
     with Lock(mutex, create, read, 0) as value:
@@ -844,16 +960,30 @@ def invalidate(
 ) -> None:
     """Make the value of :func:`get_or_create` ``key`` stale everywhere.
 
+    Once it returns, no caller in any process gets the value as fresh
+    again, including a value whose creator is still running (it read the
+    source before this call, perhaps): the next caller to take the lock
+    recomputes it.
+
     Args:
         key: The key given to :func:`get_or_create`.
-        hard: Also delete the value, so callers wait for the new one instead
-            of being served the stale one meanwhile.
+        hard: The value is not served at all any more, so callers wait for
+            the new one instead of being served the stale one meanwhile;
+            it is also deleted.
         cache_alias: Default: ``SYNCACHE["CACHE_ALIAS"]``.
     """
     medium = get_medium(cache_alias)
-    value_key = make_cache_key(key)
-    for target in [value_key + FRESH_SUFFIX] + ([value_key] if hard else []):
-        medium.attempt("invalidating", target, functools.partial(medium.delete, target))
+    keys = _ValueKeys.of(key)
+    for target in [keys.gen, keys.hard] if hard else [keys.gen]:
+        medium.attempt(
+            "invalidating",
+            target,
+            functools.partial(medium.set, target, new_generation()),
+        )
+    if hard:
+        medium.attempt(
+            "invalidating", keys.value, functools.partial(medium.delete, keys.value)
+        )
 
 
 def cache_on_arguments(
@@ -910,6 +1040,8 @@ def cache_on_arguments(
 __all__ = [
     "DEFAULT_LOCK_TIMEOUT",
     "DEFAULT_STALE_TTL",
+    "MAX_LOCK_TIMEOUT",
+    "NAMESPACE",
     "CacheMutex",
     "HeldMutex",
     "Lock",
@@ -922,6 +1054,7 @@ __all__ = [
     "ReadWriteMutex",
     "UnpicklableValue",
     "cache_on_arguments",
+    "check_lock_timeout",
     "early_expiry",
     "get_or_create",
     "held_mutexes",

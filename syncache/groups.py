@@ -290,7 +290,8 @@ def get_local_key_from_mapping(
             type.
     """
     return make_cache_key(
-        ["group", _key_prefix(key_prefix), _hash_mapping(mapping, view_name)]
+        [_key_prefix(key_prefix), _hash_mapping(mapping, view_name)],
+        namespace="group",
     )
 
 
@@ -496,10 +497,12 @@ class Group:
         """
         if version is None:
             version = self.version()
-        return make_cache_key(["grouped", self.local_key, str(version), *parts])
+        return make_cache_key(
+            ["grouped", self.local_key, str(version), *parts], namespace="group"
+        )
 
     def _entry_key(self, key: str) -> str:
-        return make_cache_key(["group-entry", self.local_key, key])
+        return make_cache_key(["group-entry", self.local_key, key], namespace="group")
 
     def _read(self, key: str) -> tuple[Medium, str, Generation | _Failed, Any]:
         """Read the version and the entry for ``key`` in one round trip."""

@@ -53,13 +53,24 @@ def _encode_parts(key: KeyInput) -> str:
                 f"{key!r} is a {type(part).__name__}. Convert it with str() "
                 f"first."
             )
-    return ":".join(quote(part, safe="") for part in parts)
+    try:
+        return ":".join(quote(part, safe="") for part in parts)
+    except UnicodeEncodeError as error:
+        # Text decoded with errors="surrogateescape" (file names, headers)
+        # holds lone surrogates, which have no UTF-8 encoding.
+        raise ValueError(
+            f"Cache key {key!r} holds {error.object[error.start : error.end]!r}, "
+            f"a lone surrogate that is not valid Unicode text: decode it "
+            f"without errors='surrogateescape', or pass "
+            f"os.fsencode(text).hex() instead."
+        ) from None
 
 
 def make_cache_key(
     key: KeyInput,
     *,
     prefix: str | None = None,
+    namespace: str | None = None,
     max_length: int = DEFAULT_MAX_LENGTH,
 ) -> str:
     """Return a namespaced cache key that every backend can store.
@@ -68,21 +79,29 @@ def make_cache_key(
 
     Args:
         key: The key, or its parts.
-        prefix: The namespace; defaults to ``SYNCACHE["KEY_PREFIX"]``.
+        prefix: Defaults to ``SYNCACHE["KEY_PREFIX"]``.
+        namespace: The feature the key belongs to (``"local"``,
+            ``"dogpile"``, ``"group"``, ``"spin"``), added to the prefix
+            after a ``!``: keys of two features never collide, whatever
+            their users name them, since the encoding never produces ``!``.
         max_length: The most bytes the result may have.
 
     Returns:
-        ``"<prefix>:<part>:<part>..."`` with each part percent-encoded, or,
+        ``"<prefix>[!<namespace>]:<part>:<part>..."`` with each part
+        percent-encoded, or,
         when that is longer than ``max_length``, a head of it followed by
         ``#`` and its SHA-256.
 
     Raises:
         TypeError: ``key`` is not text or a sequence of text.
-        ValueError: ``key`` is an empty sequence, or ``max_length`` leaves
-            no room for a hashed key.
+        ValueError: ``key`` is an empty sequence, a part is not valid
+            Unicode (a lone surrogate), or ``max_length`` leaves no room for
+            a hashed key.
     """
     if prefix is None:
         prefix = get_config().key_prefix
+    if namespace is not None:
+        prefix = f"{prefix}!{namespace}"
     encoded = f"{prefix}:{_encode_parts(key)}"
     if len(encoded) <= max_length:
         return encoded

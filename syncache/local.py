@@ -259,9 +259,14 @@ class LocalSyncCache(dict):  # type: ignore[type-arg]
         self.cache_alias = cache_alias
         # While Django loads the apps (a cache declared in a model class
         # body) no cache may be touched: the first check reads it instead.
-        # "!" never appears in a key made from user input: no collision
-        # with a GenerationSynchronizer's key.
-        key = make_cache_key(id, prefix=get_config().key_prefix + "!local")
+        # The "local" namespace: no collision with the key of a
+        # GenerationSynchronizer or of any other feature.
+        try:
+            key = make_cache_key(id, namespace="local")
+        except ValueError as error:
+            raise CacheIdError(
+                f"LocalSyncCache id {id!r} is unusable: {error}"
+            ) from None
         self._sync = GenerationSynchronizer(
             key, normalize_cache_key=False, cache_alias=cache_alias, lazy=True
         )

@@ -72,6 +72,7 @@ from django.db.models import Model, QuerySet
 
 from syncache.dogpile import (
     FENCE_SUFFIX,
+    MAX_LOCK_TIMEOUT,
     LockError,
     NameRegistry,
     backoff_pause,
@@ -276,6 +277,12 @@ _local_locks: NameRegistry[_LocalLock] = NameRegistry(_LocalLock)
 
 
 def _encode_number(value: Any) -> bytes:
+    if isinstance(value, decimal.Decimal) and value.is_snan():
+        # Comparing one raises InvalidOperation; hash() refuses it too.
+        raise ProvidedObjectIsNotHashable(
+            f"A signalling NaN ({value!r}) has no hash() and compares equal to "
+            f"nothing; use Decimal('NaN') or another value."
+        )
     if value != value:  # NaN, float or Decimal
         return b"n:nan;"
     if value in (math.inf, -math.inf):
@@ -389,8 +396,10 @@ def _positive_seconds(owner: str, name: str, value: object) -> float:
             f"{type(value).__name__} ({value!r})."
         )
     seconds = value.total_seconds()
-    if seconds < 0.001:
-        raise ValueError(f"{owner}.{name} must be at least 1 ms, not {value!r}.")
+    if not 0.001 <= seconds <= MAX_LOCK_TIMEOUT:
+        raise ValueError(
+            f"{owner}.{name} must be at least 1 ms and at most 30 days, not {value!r}."
+        )
     return seconds
 
 
@@ -533,7 +542,7 @@ class DSpinlockBase(ABC):
                 f"{type(self).__name__}.get_key() must return a str, not "
                 f"{type(key).__name__}."
             )
-        base = make_cache_key(key)
+        base = make_cache_key(key, namespace="spin")
         return base + STATE_SUFFIX, base + FENCE_SUFFIX
 
     def _state(self, raw: Any, state_key: str) -> str | None:

@@ -537,7 +537,7 @@ def test_get_or_create_creates_once_then_serves(lock_backend: Any) -> None:
 def test_stale_value_is_served_while_another_holds_the_lock(lock_backend: Any) -> None:
     get_or_create("k", Counter("old"), 60)
     invalidate("k")
-    holder = CacheMutex("k", timeout=30)
+    holder = CacheMutex("k", timeout=30, namespace="dogpile")
     assert holder.acquire(wait=False)
     creator = Counter("new")
     assert get_or_create("k", creator, 60) == "old"
@@ -577,14 +577,14 @@ def test_creator_error_stores_nothing_and_frees_the_lock(lock_backend: Any) -> N
 
     with pytest.raises(KeyError, match="boom"):
         get_or_create("k", failing, 60)
-    assert not CacheMutex("k").locked()
+    assert not CacheMutex("k", namespace="dogpile").locked()
     assert get_or_create("k", Counter("ok"), 60) == "ok"
 
 
 def test_unpicklable_value_is_a_clear_error(lock_backend: Any) -> None:
     with pytest.raises(UnpicklableValue, match="'the-key'"):
         get_or_create("the-key", lambda: threading.Lock(), 60)
-    assert not CacheMutex("the-key").locked()
+    assert not CacheMutex("the-key", namespace="dogpile").locked()
 
 
 def test_decorator(lock_backend: Any) -> None:
@@ -639,7 +639,7 @@ def test_beta_recomputes_before_expiretime(lock_backend: Any) -> None:
 
 def test_early_stale_value_is_still_served_to_others(lock_backend: Any) -> None:
     get_or_create("x", _slow_creator("old"), 600, beta=1e12)
-    holder = CacheMutex("x", timeout=30)
+    holder = CacheMutex("x", timeout=30, namespace="dogpile")
     assert holder.acquire(wait=False)
     try:
         assert get_or_create("x", _slow_creator("new"), 600, beta=1e12) == "old"

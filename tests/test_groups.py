@@ -386,7 +386,7 @@ def test_hash_is_sha256_of_canonical_json() -> None:
     text = json.dumps([[["a", "1"], ["b", "x"]], "v.view"], separators=(",", ":"))
     digest = hashlib.sha256(text.encode()).hexdigest()
     key = get_local_key_from_mapping({"b": "x", "a": 1}, "v.view", key_prefix="p")
-    assert key == f"syncache:group:p:{digest}"
+    assert key == f"syncache!group:p:{digest}"
     assert digest == "c99599253a3671015b49e3eead627dffc1dcfcb27ffb2aef9a5d32c07dc63e7e"
 
 

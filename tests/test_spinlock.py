@@ -62,7 +62,7 @@ class FencedRecord(models.Model):
 
 
 def state_key(lock: DSpinlockBase) -> str:
-    return make_cache_key(lock.get_key()) + STATE_SUFFIX
+    return make_cache_key(lock.get_key(), namespace="spin") + STATE_SUFFIX
 
 
 def stored(lock: DSpinlockBase) -> Any:

@@ -61,12 +61,7 @@ APIS = ("local", "sync", "group", "dogpile")
 #: stale reads are reported in the figures, not asserted, until the fix
 #: lands (then remove the entry). Each bug is shown deterministically by the
 #: strict xfail test named here.
-KNOWN_BUGS = {
-    "dogpile": (
-        "tests/stress/test_model.py::"
-        "test_invalidate_hard_is_not_undone_by_a_creator_in_flight"
-    ),
-}
+KNOWN_BUGS: dict[str, str] = {}
 #: The APIs whose stale reads fail the tests.
 CHECKED_APIS = tuple(api for api in APIS if api not in KNOWN_BUGS)
 #: APIs whose checks skip the cache read in push mode.

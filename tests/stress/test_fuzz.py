@@ -12,7 +12,6 @@ documentation calls different must never share a key.
 
 from __future__ import annotations
 
-import contextlib
 import decimal
 import math
 import warnings
@@ -27,6 +26,7 @@ from hypothesis import strategies as st
 from syncache import (
     CacheIdError,
     CacheMutex,
+    DSpinlockBase,
     GenerationSynchronizer,
     Group,
     GroupKeyError,
@@ -39,7 +39,16 @@ from syncache import (
     get_or_create,
     make_cache_key,
 )
-from syncache.dogpile import FENCE_SUFFIX, FRESH_SUFFIX, LOCK_SUFFIX
+from syncache.dogpile import (
+    FENCE_SUFFIX,
+    FRESH_SUFFIX,
+    GEN_SUFFIX,
+    HARD_SUFFIX,
+    LOCK_SUFFIX,
+    MAX_LOCK_TIMEOUT,
+    invalidate,
+)
+from syncache.dogpile import NAMESPACE as DOGPILE
 from syncache.groups import get_local_key, normalize_value
 from syncache.medium import get_medium
 from syncache.spinlock import STATE_SUFFIX
@@ -364,8 +373,16 @@ def test_get_or_create_keys(strict: Backend) -> None:
                 assert not strict.atomic_add
             return
         canonical = _canonical_key(key)
-        value_key = make_cache_key(key)
-        for suffix in ("", FRESH_SUFFIX, LOCK_SUFFIX, FENCE_SUFFIX):
+        value_key = make_cache_key(key, namespace=DOGPILE)
+        suffixes = (
+            "",
+            FRESH_SUFFIX,
+            GEN_SUFFIX,
+            HARD_SUFFIX,
+            LOCK_SUFFIX,
+            FENCE_SUFFIX,
+        )
+        for suffix in suffixes:
             made.add(value_key + suffix, ("dogpile", canonical, suffix))
         first = stored.setdefault(canonical, result)
         assert get_or_create(key, lambda: "other", None) == first
@@ -458,7 +475,7 @@ def test_spin_lock_objects(strict: Backend) -> None:
         )
         if not ok:
             return
-        key = make_cache_key(lock.get_key()) + STATE_SUFFIX
+        key = make_cache_key(lock.get_key(), namespace="spin") + STATE_SUFFIX
         # Objects that compare equal share a lock (1, 1.0, True...), and
         # only they do. (NaN is not equal to itself, yet one lock.)
         for other, other_key in seen:
@@ -502,92 +519,60 @@ def test_fenced_update_tokens(strict: Backend) -> None:
 # -- bad input the fuzzing found ---------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "syncache bug: a LocalSyncCache id (or any key part) holding a lone "
-        "surrogate ('\\ud800', from text decoded with surrogateescape) raises "
-        "UnicodeEncodeError from make_cache_key's quote(), not CacheIdError; "
-        "make_cache_key's ValueError is a UnicodeEncodeError whose message "
-        "does not say what to do."
-    ),
-)
 @pytest.mark.parametrize("backend", ["locmem"], indirect=True)
 def test_lone_surrogates_get_a_documented_error(
     backend: Backend, fresh_registry: Any
 ) -> None:
-    with contextlib.suppress(CacheIdError):
-        LocalSyncCache("bad \ud800 id", unique_ids=False).clear()
-    try:
-        make_cache_key("bad \ud800 key")
-    except ValueError as error:
-        assert not isinstance(error, UnicodeError), error
+    """Text decoded with errors="surrogateescape" has no UTF-8 encoding: the
+    error names it and says what to do, as the documented ValueError."""
+    with pytest.raises(CacheIdError, match="lone surrogate") as raised:
+        LocalSyncCache("bad \ud800 id", unique_ids=False)
+    assert not isinstance(raised.value, UnicodeError)
+    with pytest.raises(ValueError, match="surrogateescape") as raised:
+        make_cache_key(["fine", "bad \udcff key"])
+    assert not isinstance(raised.value, UnicodeError)
 
 
+@pytest.mark.parametrize("lock_backend", ["redis", "memcached"], indirect=True)
 @pytest.mark.parametrize(
-    ("lock_backend", "timeout"),
-    [
-        pytest.param(
-            name,
-            math.inf,
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason=(
-                    "syncache bug: CacheMutex(timeout=math.inf) passes the "
-                    "constructor's check; acquire() then fails in the backend "
-                    "call (OverflowError from math.ceil of infinity), which "
-                    "the failure policy takes for an outage: the lock is held "
-                    "in this process only (degraded, an error logged) and a "
-                    "second holder gets it too. A ValueError at construction "
-                    "would say what is wrong."
-                ),
-            ),
-            id=f"{name}-inf",
-        )
-        for name in ("redis", "memcached")
-    ]
-    + [
-        pytest.param("redis", 3e9, id="redis-95-years"),
-        pytest.param(
-            "memcached",
-            3e9,
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason=(
-                    "syncache bug: on memcached a lock timeout that ends after "
-                    "2038 (Django sends timeouts over 30 days as a Unix time, "
-                    "which memcached reads as a signed 32-bit number) stores "
-                    "the lock already expired: it is never held (acquire() "
-                    "fails, or a second holder gets it too), with no "
-                    "ValueError."
-                ),
-            ),
-            id="memcached-95-years",
-        ),
+    "timeout",
+    [math.inf, math.nan, 3e9, MAX_LOCK_TIMEOUT + 1, -1, 0, True, "60"],
+    ids=[
+        "inf",
+        "nan",
+        "95-years",
+        "30-days-and-1-s",
+        "negative",
+        "zero",
+        "bool",
+        "text",
     ],
-    indirect=["lock_backend"],
 )
-def test_absurd_lock_timeouts_are_refused_or_hold(
-    lock_backend: Backend, timeout: float
-) -> None:
+def test_absurd_lock_timeouts_are_refused(lock_backend: Backend, timeout: Any) -> None:
+    """Before the fix, inf passed the constructor and failed in the backend
+    call (taken for an outage: held in this process only), and on memcached
+    a lease ending after 2038 was stored already expired."""
+    with pytest.raises(ValueError, match="at most 2592000"):
+        CacheMutex("absurd", timeout=timeout)
+    mutex = CacheMutex("absurd", timeout=60)
+    assert mutex.acquire(wait=False)
     try:
-        first = CacheMutex("absurd", timeout=timeout)
-    except ValueError:
-        return
+        with pytest.raises(ValueError, match="extend"):
+            mutex.extend(timeout)
+    finally:
+        assert mutex.release()
+
+
+@pytest.mark.parametrize("lock_backend", ["redis", "memcached"], indirect=True)
+def test_the_longest_lock_timeout_holds(lock_backend: Backend) -> None:
+    first = CacheMutex("long", timeout=MAX_LOCK_TIMEOUT)
     assert first.acquire(wait=False)
-    second = CacheMutex("absurd", timeout=60)
+    second = CacheMutex("long", timeout=60)
     assert not second.acquire(wait=False), "two holders at once"
+    assert first.extend()
     assert first.release()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "syncache bug: HashDSpinlock(Decimal('sNaN')) raises "
-        "decimal.InvalidOperation from stable_hash()'s NaN test, not "
-        "ProvidedObjectIsNotHashable (a signalling NaN has no hash())."
-    ),
-)
 @pytest.mark.parametrize("lock_backend", ["redis"], indirect=True)
 def test_a_signalling_nan_is_not_hashable(lock_backend: Backend) -> None:
     with pytest.raises(ProvidedObjectIsNotHashable):
@@ -606,23 +591,57 @@ def test_fuzz_helpers_see_a_collision() -> None:
         made.add("k", ("b",))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "syncache design bug: features share one key namespace. "
-        "GenerationSynchronizer('settings') and get_or_create('settings') both "
-        "use make_cache_key('settings'): get_or_create overwrites the "
-        "generation with its pickled value, and the next mark_updated() fails "
-        "(INCR on a pickle: logged, not raised), so the change is lost for "
-        "every holder that adopted that value. A per-feature part in the key "
-        "(as LocalSyncCache's '!local' prefix does) would separate them."
-    ),
-)
+class _Named(DSpinlockBase):
+    def get_key(self) -> str:
+        return "settings"
+
+
 @pytest.mark.parametrize("backend", ["redis"], indirect=True)
-def test_features_never_share_a_key(backend: Backend) -> None:
+def test_features_never_share_a_key(backend: Backend, fresh_registry: Any) -> None:
+    """Every feature used under one name writes keys of its own: before the
+    fix, get_or_create("settings") overwrote GenerationSynchronizer
+    ("settings")'s generation and the next mark_updated() was lost."""
+    medium = get_medium()
+    client = medium.client()
+    epoch = medium.full_key(medium.epoch_key).encode()
+    before: dict[bytes, bytes] = {}
+
+    def touched() -> set[bytes]:
+        """Keys created or changed since the last call (the per-alias epoch,
+        which every bump moves by design, left out)."""
+        now = {
+            key: client.dump(key)
+            for key in client.scan_iter(match=f"*{backend.key_prefix}*")
+        }
+        changed = {key for key, value in now.items() if before.get(key) != value}
+        before.clear()
+        before.update(now)
+        return changed - {epoch}
+
     writer = GenerationSynchronizer("settings")
     holder = GenerationSynchronizer("settings")
-    assert get_or_create("settings", lambda: {"theme": "dark"}, None)
+    writer.mark_updated()
     holder.refresh()
+    uses: dict[str, Callable[[], object]] = {
+        "GenerationSynchronizer": writer.mark_updated,
+        "LocalSyncCache": lambda: LocalSyncCache("settings").clear(),
+        "get_or_create": lambda: get_or_create("settings", lambda: {"x": 1}, 60),
+        "Group": lambda: Group("settings").get_or_set("settings", lambda: 1),
+        "CacheMutex": lambda: CacheMutex("settings").acquire(),
+        "spin lock": lambda: _Named(None).acquire(),
+    }
+    owners: dict[bytes, str] = {}
+    touched()
+    for name, use in uses.items():
+        use()
+        keys = touched()
+        assert keys, f"{name} wrote no key"
+        for key in keys:
+            assert owners.setdefault(key, name) == name, (
+                f"{name} and {owners[key]} share the key {key!r}"
+            )
+    holder.refresh()
+    invalidate("settings")
+    get_or_create("settings", lambda: {"x": 2}, 60)
     writer.mark_updated()
     assert holder.is_expired(), "the change was lost"
