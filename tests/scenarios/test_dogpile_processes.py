@@ -131,7 +131,7 @@ def test_one_creator_per_expiry_across_processes(shared_lock_backend: Any) -> No
     assert sorted(v for r in results for v in r["missing"]) == ["v1"] * REQUESTERS
     assert sorted(v for r in results for v in r["stale"]) == ["v1"] * 31 + ["v2"]
     assert get_or_create("hot", lambda: "v3", 60) == "v2"
-    assert not CacheMutex("hot").locked()
+    assert not CacheMutex("hot", namespace="dogpile").locked()
 
 
 def die_while_creating(index: int, started: Any) -> None:
@@ -152,7 +152,7 @@ def test_a_holder_killed_mid_creation_is_taken_over(shared_lock_backend: Any) ->
     )
     try:
         assert started.wait(WAIT)
-        assert CacheMutex("orphan").locked(), "the dead holder's lock is still there"
+        assert CacheMutex("orphan", namespace="dogpile").locked(), "the dead holder's lock is still there"
         began = time.monotonic()
         value = get_or_create("orphan", lambda: "rescued", 60, lock_timeout=1)
         waited = time.monotonic() - began
@@ -161,7 +161,7 @@ def test_a_holder_killed_mid_creation_is_taken_over(shared_lock_backend: Any) ->
             workers.join()
     assert value == "rescued"
     assert waited < 10, "taken over once the lock expired"
-    assert not CacheMutex("orphan").locked()
+    assert not CacheMutex("orphan", namespace="dogpile").locked()
 
 
 def fail_to_create(index: int, barrier: Any) -> str:
@@ -188,7 +188,7 @@ def test_a_failing_creator_frees_the_lock_and_stores_nothing(
     # Nobody hung: with no value stored, each waiter in turn ran the creator
     # and got its own error.
     assert results == [f"creator of worker {i} failed" for i in range(3)]
-    assert not CacheMutex("failing").locked()
+    assert not CacheMutex("failing", namespace="dogpile").locked()
     assert get_or_create("failing", lambda: "ok", 60) == "ok"
 
 
@@ -226,4 +226,4 @@ def test_a_creator_outliving_its_lock_does_not_overwrite_the_takeover(
     assert value == "takeover"
     assert late == "late", "the late creator's caller gets what it computed"
     assert get_or_create("late", lambda: "again", 60) == "takeover", "not overwritten"
-    assert not CacheMutex("late").locked()
+    assert not CacheMutex("late", namespace="dogpile").locked()
