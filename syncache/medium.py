@@ -8,6 +8,9 @@ per backend overrides only what that backend does better:
 
 * :class:`AtomicMedium` (locmem, memcached): ``incr`` is atomic, so a bump
   increments from a random 62-bit seed.
+* :class:`MemcachedMedium`: a copy of the alias's ``PyMemcacheCache`` whose
+  pymemcache client raises on every failure, where Django's defaults answer
+  defaults for a while and then give a server up for a minute.
 * :class:`DatabaseMedium`: Django's ``DatabaseCache`` silently drops a write
   the database refused (a busy SQLite file), so every write is confirmed
   and retried.
@@ -19,6 +22,12 @@ per backend overrides only what that backend does better:
 Either way every bump writes a value never written before, so holders only
 ever compare with ``!=`` and no clock is involved.
 
+Generations are read as opaque values wherever the medium reads the
+backend's bytes (Redis, memcached, database, file): what syncache writes is
+decoded, anything else is an :class:`Opaque` compared by its bytes, never
+unpickled. A value planted at a generation key is then one more generation,
+not code that runs in every process that checks it.
+
 Failures are handled in one place, :meth:`Medium.attempt`: the error is
 logged (at most once per ``LOG_INTERVAL`` per alias) and the caller gets
 :data:`FAILED`, which every caller treats as "expired".
@@ -29,6 +38,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import datetime as dt
+import hashlib
 import io
 import logging
 import math
@@ -37,7 +47,8 @@ import pickle
 import secrets
 import threading
 import time
-from collections.abc import Callable, Sequence
+import zlib
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, NamedTuple, TypeVar
 
@@ -90,6 +101,43 @@ class _PlainUnpickler(pickle.Unpickler):
 
     def find_class(self, module: str, name: str) -> Any:
         raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+
+
+class Opaque:
+    """A stored value syncache did not write, read where a generation (an
+    epoch, a group version, a lock token) was expected.
+
+    It is never decoded: two are equal when their bytes are, so it works as
+    one more generation (a holder of another one is expired). Its ``str()``
+    is a digest, safe in a cache key and the same in every process.
+    """
+
+    __slots__ = ("raw",)
+
+    def __init__(self, raw: bytes) -> None:
+        self.raw = raw
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Opaque) and other.raw == self.raw
+
+    def __hash__(self) -> int:
+        return hash(self.raw)
+
+    def __str__(self) -> str:
+        return "opaque-" + hashlib.sha256(self.raw).hexdigest()[:32]
+
+    def __repr__(self) -> str:
+        return f"<Opaque {len(self.raw)} bytes {str(self)[7:19]}>"
+
+
+def _plain_or_opaque(data: bytes) -> Any:
+    """Unpickle ``data`` if it is plain data (what Django's pickling cache
+    backends store for the integers syncache writes); anything that names a
+    class or function is an :class:`Opaque`, and nothing in it is loaded."""
+    try:
+        return _PlainUnpickler(io.BytesIO(data)).load()
+    except Exception:
+        return Opaque(data)
 
 
 class LockInTransaction(RuntimeError):
@@ -173,14 +221,28 @@ class Medium:
     # -- primitives -----------------------------------------------------
 
     def get(self, key: str) -> Generation | None:
-        """Return the value stored at ``key``, or None when it is missing."""
+        """Return the generation stored at ``key``, or None when it is missing.
+
+        Generations, epochs, group versions and fencing counters are read
+        opaque: an integer (what syncache writes) or plain data is decoded,
+        anything else is an :class:`Opaque`, never unpickled. The generic
+        medium reads through Django's API, which unpickles every value.
+        """
         return self.cache.get(key)
 
-    def get_many(self, keys: Sequence[str]) -> list[Generation | None]:
-        """Return the values at ``keys``, in order, None where missing.
+    def get_many(
+        self, keys: Sequence[str], *, user_data: Collection[str] = ()
+    ) -> list[Any]:
+        """Return what is stored at ``keys``, in order, None where missing.
 
         The keys are read in order, in one round trip where the backend has
         a multi-get.
+
+        Args:
+            user_data: The keys among ``keys`` that hold user data (a
+                ``get_or_create()`` value, a group entry, a page's header
+                list): decoded as Django's cache decodes them, unpickled.
+                The others are generations, read opaque as by :meth:`get`.
         """
         found = self.cache.get_many(keys)
         return [found.get(key) for key in keys]
@@ -501,8 +563,14 @@ class Medium:
         epoch, so an epoch seen unchanged later proves that no bump finished
         since these generations were read.
         """
-        values = self.get_many([self.epoch_key, *keys])
+        values = self.get_many([self.epoch_key, *keys], user_data=())
         return values[0], values[1:]
+
+    def _after_fork(self) -> None:
+        """Reset what a forked child must not share with its parent."""
+        # Another thread (the push listener) may have held it at fork: the
+        # child's copy would stay locked for ever.
+        self._log_lock = threading.Lock()
 
     # -- failure policy -----------------------------------------------------
 
@@ -555,14 +623,14 @@ class Medium:
         )
 
     def _log_recovery(self) -> None:
-        # The interval is not reset: a backend that flaps (pymemcache answers
-        # with defaults between errors) must not log on every request.
+        # The interval is not reset: a backend that flaps (a client that
+        # answers defaults between errors) must not log on every request.
         with self._log_lock:
             failures, self._failures = self._failures, 0
             logged, self._failure_logged = self._failure_logged, False
         if logged:
-            # INFO, not WARNING: a client that answers with defaults while
-            # its server is down (pymemcache) looks like a recovery too.
+            # INFO, not WARNING: a client that answers defaults while its
+            # server is down looks like a recovery too.
             logger.info(
                 "Cache %r is answering again after %d failed operations.",
                 self.alias,
@@ -583,8 +651,20 @@ class AtomicMedium(Medium):
     )
 
     def incr(self, key: str) -> int:
-        """Increment ``key`` atomically; ValueError when it is missing."""
-        return int(self.cache.incr(key))
+        """Increment ``key`` atomically; ValueError when it is missing.
+
+        Raises:
+            TypeError: the client answered something else than an integer
+                (pymemcache's ``False`` when it gave its server up): an
+                error, never generation 0.
+        """
+        value = self.cache.incr(key)
+        if type(value) is not int:
+            raise TypeError(
+                f"Cache {self.alias!r} answered {value!r} to incr({key!r}) "
+                f"instead of the new value: taken as a failure."
+            )
+        return value
 
     def lock_acquire(self, key: str, token: str, timeout: float) -> bool:
         return bool(self.cache.add(key, token, timeout=timeout))
@@ -668,8 +748,76 @@ class LocMemMedium(AtomicMedium):
             return True
 
 
+#: The pymemcache options :class:`MemcachedMedium` overrides in the cache's
+#: ``OPTIONS``. ``HashClient``'s defaults (``retry_attempts=2``,
+#: ``retry_timeout=1``, ``dead_timeout=60``) answer every call with a
+#: default for a second after a failure (``incr()`` answers False, which
+#: would be taken for generation 0: a lost bump), then give the server up
+#: for a minute after it is back. Here every failure raises, into
+#: :meth:`Medium.attempt`, and a server that is back is used at once.
+STRICT_PYMEMCACHE_OPTIONS: Final = {
+    "retry_attempts": 0,
+    "retry_timeout": 0,
+    "dead_timeout": 0,
+    "ignore_exc": False,
+    "default_noreply": False,
+}
+
+
+class _Stored(NamedTuple):
+    """A memcached value as read, not decoded yet."""
+
+    key: str
+    value: bytes
+    flags: int
+
+
+class _Serde:
+    """The cache's own pymemcache serde, whose reads can stay undecoded.
+
+    Values are serialized by the cache's serde, so Django's API reads back
+    what syncache writes, and the other way round. Reads decode as it does,
+    except inside :meth:`undecoded`: then each value comes back as a
+    :class:`_Stored`, for the medium to decode by what its key holds. One
+    per client; clients are per thread.
+    """
+
+    def __init__(self, serde: Any) -> None:
+        self.serde = serde
+        self._undecoded = False
+
+    def serialize(self, key: Any, value: Any) -> tuple[bytes, int]:
+        return self.serde.serialize(key, value)  # type: ignore[no-any-return]
+
+    def deserialize(self, key: Any, value: bytes, flags: int) -> Any:
+        if self._undecoded:
+            return _Stored(key, value, flags)
+        return self.serde.deserialize(key, value, flags)
+
+    @contextlib.contextmanager
+    def undecoded(self) -> Iterator[None]:
+        self._undecoded = True
+        try:
+            yield
+        finally:
+            self._undecoded = False
+
+
 class MemcachedMedium(AtomicMedium):
-    """Memcached: atomic ``add``/``incr``, and ``gets``/``cas``."""
+    """``PyMemcacheCache``: atomic ``add``/``incr``, and ``gets``/``cas``.
+
+    syncache talks to memcached through a copy of the alias's cache: the
+    same class, servers, ``OPTIONS`` (timeouts included), key function,
+    ``KEY_PREFIX`` and ``VERSION`` and serializer, so it shares every key and
+    value with code that uses the alias, but with
+    :data:`STRICT_PYMEMCACHE_OPTIONS`: every failure raises. Its client is
+    not thread-safe, so there is one copy per thread, as Django keeps one
+    cache object per thread.
+
+    Generations, epochs, group versions and lock tokens are read without
+    the serializer: integers, text and plain pickles are decoded, anything
+    else is an :class:`Opaque`.
+    """
 
     capabilities = Capabilities(
         atomic_add=True,
@@ -679,6 +827,83 @@ class MemcachedMedium(AtomicMedium):
         cross_process=True,
         cross_host=True,
     )
+
+    def __init__(self, alias: str) -> None:
+        super().__init__(alias)
+        self._local = threading.local()
+
+    def _after_fork(self) -> None:
+        super()._after_fork()
+        # The parent's sockets: a child using them would read its replies.
+        self._local = threading.local()
+
+    @property
+    def cache(self) -> BaseCache:
+        """This thread's strict copy of the alias's cache (see the class)."""
+        cache: BaseCache | None = getattr(self._local, "cache", None)
+        if cache is None:
+            from django.core.cache import caches
+            from pymemcache.serde import LegacyWrappingSerde, pickle_serde
+
+            params = dict(caches.settings[self.alias])
+            del params["BACKEND"]
+            location = params.pop("LOCATION", "")
+            options = dict(params.get("OPTIONS") or {})
+            # As Django's PyMemcacheCache and pymemcache's Client pick it.
+            serde = options.get("serde", pickle_serde) or LegacyWrappingSerde(
+                options.get("serializer"), options.get("deserializer")
+            )
+            self._local.serde = _Serde(serde)
+            params["OPTIONS"] = {
+                **options,
+                **STRICT_PYMEMCACHE_OPTIONS,
+                "serde": self._local.serde,
+            }
+            backend: Any = type(caches[self.alias])
+            cache = self._local.cache = backend(location, params)
+        return cache
+
+    def _read(self, keys: Sequence[str]) -> list[_Stored | None]:
+        """The values at ``keys``, undecoded (None where missing)."""
+        cache: Any = self.cache
+        full_keys = [cache.make_and_validate_key(key) for key in keys]
+        with self._local.serde.undecoded():
+            found = cache._cache.get_many(full_keys)
+        return [found.get(full_key) for full_key in full_keys]
+
+    def _decode(self, stored: _Stored | None, user_data: bool = False) -> Any:
+        """User data as the cache's serde decodes it; anything else as a
+        generation (or lock token): integers and text, plain pickles, or
+        else an :class:`Opaque`."""
+        from pymemcache.serde import FLAG_INTEGER, FLAG_LONG, FLAG_PICKLE, FLAG_TEXT
+
+        if stored is None:
+            return None
+        if user_data:
+            return self._local.serde.serde.deserialize(*stored)
+        try:
+            if stored.flags in (FLAG_INTEGER, FLAG_LONG):
+                return int(stored.value)
+            if stored.flags == FLAG_TEXT:
+                return stored.value.decode()
+        except ValueError:
+            pass
+        if stored.flags == FLAG_PICKLE:
+            return _plain_or_opaque(stored.value)
+        return Opaque(stored.value)
+
+    def get(self, key: str) -> Generation | None:
+        return self._decode(self._read([key])[0])
+
+    def get_many(
+        self, keys: Sequence[str], *, user_data: Collection[str] = ()
+    ) -> list[Any]:
+        if not keys:
+            return []
+        return [
+            self._decode(stored, key in user_data)
+            for key, stored in zip(keys, self._read(keys), strict=True)
+        ]
 
     @staticmethod
     def _seconds(timeout: float) -> int:
@@ -695,13 +920,20 @@ class MemcachedMedium(AtomicMedium):
     def lock_acquire(self, key: str, token: str, timeout: float) -> bool:
         return bool(self.cache.add(key, token, timeout=self._seconds(timeout)))
 
+    def lock_value(self, key: str) -> Any:
+        return self._decode(self._read([key])[0])
+
+    def lock_held(self, key: str) -> bool:
+        return self._read([key])[0] is not None
+
     def _compare_and_store(
         self, key: str, expected: str, value: str, expire: int
     ) -> bool:
         cache: Any = self.cache
         full_key = cache.make_and_validate_key(key)
-        found, cas = cache._cache.gets(full_key)
-        if found != expected or cas is None:
+        with self._local.serde.undecoded():
+            found, cas = cache._cache.gets(full_key)
+        if cas is None or self._decode(found) != expected:
             return False
         if expire > 0:
             # Django's conversion: above 30 days memcached wants a timestamp.
@@ -723,7 +955,12 @@ class MemcachedMedium(AtomicMedium):
 
 
 class FileMedium(Medium):
-    """``FileBasedCache``: nothing atomic, shared by one host's processes."""
+    """``FileBasedCache``: nothing atomic, shared by one host's processes.
+
+    Generations are read from the cache's files as Django writes them (a
+    pickled expiry, then the zlib-compressed pickle of the value), with the
+    unpickler that loads plain data only.
+    """
 
     capabilities = Capabilities(
         atomic_add=False,
@@ -733,6 +970,35 @@ class FileMedium(Medium):
         cross_process=True,
         cross_host=False,
     )
+
+    def get(self, key: str) -> Generation | None:
+        return self._read_generation(key)
+
+    def _read_generation(self, key: str) -> Generation | None:
+        cache: Any = self.cache
+        try:
+            with open(cache._key_to_file(key), "rb") as file:
+                data = file.read()
+        except FileNotFoundError:
+            return None
+        stream = io.BytesIO(data)
+        try:
+            # The expiry is skipped, not compared with this process's clock:
+            # syncache stores generations without one.
+            _PlainUnpickler(stream).load()
+            value = zlib.decompress(stream.read())
+        except Exception:
+            return Opaque(data)
+        return _plain_or_opaque(value)
+
+    def get_many(
+        self, keys: Sequence[str], *, user_data: Collection[str] = ()
+    ) -> list[Any]:
+        # Django's FileBasedCache.get_many() reads the files one by one too.
+        return [
+            self.cache.get(key) if key in user_data else self._read_generation(key)
+            for key in keys
+        ]
 
 
 class DatabaseMedium(Medium):
@@ -796,6 +1062,54 @@ class DatabaseMedium(Medium):
 
     def set_with_timeout(self, key: str, value: Any, timeout: float | None) -> None:
         self._confirmed_write("set", key, value, timeout)
+
+    @staticmethod
+    def _plain(raw: str) -> Any:
+        """A value of the cache table, decoded as plain data only."""
+        try:
+            data = base64.b64decode(raw.encode())
+        except ValueError:
+            return Opaque(raw.encode())
+        return _plain_or_opaque(data)
+
+    def get(self, key: str) -> Generation | None:
+        return self._select([key], ())[0]
+
+    def get_many(
+        self, keys: Sequence[str], *, user_data: Collection[str] = ()
+    ) -> list[Any]:
+        return self._select(keys, user_data)
+
+    def _select(self, keys: Sequence[str], user_data: Collection[str]) -> list[Any]:
+        """One ``SELECT``, as Django's, with expiry judged by the lock clock
+        (below); generations are decoded as plain data."""
+        if not keys:
+            return []
+        cache: Any = self.cache
+        full_keys = [cache.make_and_validate_key(key) for key in keys]
+        connection = self._lock_connection()
+        quote = connection.ops.quote_name
+        now, now_params, _, _ = self._lock_clock(connection, 0)
+        placeholders = ", ".join(["%s"] * len(full_keys))
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"SELECT {quote('cache_key')}, {quote('value')} "
+                f"FROM {quote(cache._table)} WHERE {quote('cache_key')} "
+                f"IN ({placeholders}) AND {quote('expires')} > {now}",
+                [*full_keys, *now_params],
+            )
+            rows = dict(cursor.fetchall())
+        values: list[Any] = []
+        for key, full_key in zip(keys, full_keys, strict=True):
+            raw = rows.get(full_key)
+            if raw is not None:
+                raw = connection.ops.process_clob(raw)
+                if key in user_data:
+                    raw = pickle.loads(base64.b64decode(raw.encode()))
+                else:
+                    raw = self._plain(raw)
+            values.append(raw)
+        return values
 
     # The lock operations write their own SQL: DatabaseCache.add() takes
     # over an expired row with a plain UPDATE, so two processes taking over
@@ -983,14 +1297,11 @@ class DatabaseMedium(Medium):
         )
         if row is None:
             return None
-        connection = self._lock_connection()
-        raw = connection.ops.process_clob(row[0])
-        try:
-            return _PlainUnpickler(io.BytesIO(base64.b64decode(raw.encode()))).load()
-        except Exception:
-            # Not a value a lock wrote: hand it over as it is, for the
-            # caller's own "invalid value" error (and never run its code).
-            return raw
+        raw = self._lock_connection().ops.process_clob(row[0])
+        value = self._plain(raw)
+        # Not a value a lock wrote: hand it over as it is, for the caller's
+        # own "invalid value" error.
+        return raw if isinstance(value, Opaque) else value
 
     def lock_fence(self, key: str) -> int:
         """Increment the counter in one conditional ``UPDATE`` (retried if
@@ -1020,7 +1331,7 @@ class DatabaseMedium(Medium):
                     continue
                 return 1
             raw = connection.ops.process_clob(row[0])
-            current = pickle.loads(base64.b64decode(raw.encode()))
+            current = self._plain(raw)
             value = (current if isinstance(current, int) else 0) + 1
             count, _ = self._lock_sql(
                 "UPDATE {table} SET {value} = %s, {expires} = %s "
@@ -1100,25 +1411,32 @@ class RedisMedium(Medium):
     def _make_client(self) -> Any:
         return self.cache._cache.get_client(None, write=True)  # type: ignore[attr-defined]
 
-    def decode(self, raw: bytes) -> Generation:
-        """Decode a stored value as Django's serializer would."""
+    def decode(self, raw: bytes, *, user_data: bool = False) -> Any:
+        """Decode a stored value: an integer as Django's serializer would;
+        anything else is user data for the serializer (which unpickles it),
+        or an :class:`Opaque` where a generation was expected."""
         try:
             return int(raw)
         except ValueError:
-            return self._decode_pickled(raw)
+            return self._decode_pickled(raw) if user_data else Opaque(raw)
 
-    def _decode_pickled(self, raw: bytes) -> Generation:
+    def _decode_pickled(self, raw: bytes) -> Any:
         return self.cache._cache._serializer.loads(raw)  # type: ignore[attr-defined]
 
     def get(self, key: str) -> Generation | None:
         raw = self.client().get(self.full_key(key))
         return None if raw is None else self.decode(raw)
 
-    def get_many(self, keys: Sequence[str]) -> list[Generation | None]:
+    def get_many(
+        self, keys: Sequence[str], *, user_data: Collection[str] = ()
+    ) -> list[Any]:
         if not keys:
             return []
         raws = self.client().mget([self.full_key(key) for key in keys])
-        return [None if raw is None else self.decode(raw) for raw in raws]
+        return [
+            None if raw is None else self.decode(raw, user_data=key in user_data)
+            for key, raw in zip(keys, raws, strict=True)
+        ]
 
     def add(self, key: str, value: Generation) -> bool:
         return bool(self.client().set(self.full_key(key), int(value), nx=True))
@@ -1418,7 +1736,7 @@ class DjangoRedisMedium(RedisMedium):
             self._remember(key, full)
             return full
 
-    def _decode_pickled(self, raw: bytes) -> Generation:
+    def _decode_pickled(self, raw: bytes) -> Any:
         return self.cache.client.decode(raw)  # type: ignore[attr-defined]
 
 
@@ -1481,16 +1799,16 @@ def get_medium(alias: str | None = None) -> Medium:
         return _media[alias]
 
 
-def _locks_after_fork() -> None:
-    # Another thread (the push listener) may have held one at fork: the
+def _media_after_fork() -> None:
+    # Another thread (the push listener) may have held the lock at fork: the
     # child's copy would stay locked for ever.
     global _media_lock
     _media_lock = threading.Lock()
     for medium in list(_media.values()):
-        medium._log_lock = threading.Lock()
+        medium._after_fork()
 
 
-os.register_at_fork(after_in_child=_locks_after_fork)
+os.register_at_fork(after_in_child=_media_after_fork)
 
 
 @receiver(setting_changed)

@@ -1,12 +1,17 @@
-"""The coordination medium: detection, capabilities and confirmed writes."""
+"""The coordination medium: detection, capabilities, confirmed writes, opaque
+generations and memcached's strict client."""
 
 from __future__ import annotations
 
+import datetime as dt
+import os
+import re
 from typing import Any
 from unittest import mock
 
 import pytest
 from django.core.cache import caches
+from django.test import override_settings
 
 from syncache import GenerationSynchronizer
 from syncache.medium import (
@@ -15,6 +20,7 @@ from syncache.medium import (
     FileMedium,
     LocMemMedium,
     MemcachedMedium,
+    Opaque,
     RedisMedium,
     WriteNotConfirmed,
     get_medium,
@@ -94,3 +100,58 @@ def test_database_write_never_confirmed_is_an_error(backend: Any) -> None:
     ):
         sync.mark_updated()
     assert base_set.call_count == 3
+
+
+def test_generations_are_read_opaque(shared_backend: Any) -> None:
+    """A value syncache did not write, at a key read as a generation, is an
+    Opaque (never unpickled), equal to itself; user data named as such is
+    decoded as Django's cache would."""
+    day = dt.date(2020, 1, 2)  # pickled with a reference to a class
+    caches["default"].set("planted", day, None)
+    medium = get_medium()
+    stored = medium.get("planted")
+    assert isinstance(stored, Opaque)
+    assert stored == medium.get("planted") and stored != day
+    assert re.fullmatch(r"opaque-[0-9a-f]{32}", str(stored)), "fit for a key"
+    assert medium.get_epoch_and_many(["planted"])[1] == [stored]
+    assert medium.get_many(["planted", "missing"], user_data=()) == [stored, None]
+    assert medium.get_many(["planted"], user_data=["planted"]) == [day]
+    assert medium.get_many(["planted"]) == [stored], "generations unless told"
+
+
+@pytest.mark.parametrize("backend", ["memcached"], indirect=True)
+def test_memcached_shares_keys_and_values_with_the_alias(backend: Any) -> None:
+    """The medium's strict copy of the cache makes the same keys (Django's
+    KEY_PREFIX and VERSION included) and values as the alias's cache."""
+    config = {**backend.caches["default"], "KEY_PREFIX": "site", "VERSION": 3}
+    with override_settings(CACHES={"default": config}):
+        medium = get_medium()
+        assert medium.cache is not caches["default"]
+        medium.set("generation", 5)
+        assert caches["default"].get("generation") == 5
+        assert caches["default"].get("generation", version=1) is None
+        caches["default"].set("value", {"a": [1]})
+        assert medium.get_many(["value"]) == [{"a": [1]}]
+
+
+@pytest.mark.parametrize("backend", ["memcached"], indirect=True)
+def test_memcached_default_answer_is_a_failure(backend: Any) -> None:
+    """pymemcache's HashClient answers False to incr() while it retries a
+    failed server (Django's defaults): a failure, never generation 0."""
+    sync = GenerationSynchronizer("k")
+    client = type(get_medium().cache._cache)  # type: ignore[attr-defined]
+    with mock.patch.object(client, "incr", return_value=False):
+        sync.mark_updated()
+    assert sync.sync_gen is None, "the bump reports its failure"
+
+
+@pytest.mark.parametrize("backend", ["memcached"], indirect=True)
+def test_memcached_forked_child_has_a_client_of_its_own(backend: Any) -> None:
+    medium = get_medium()
+    medium.set("k", 1)
+    parent = medium.cache
+    pid = os.fork()
+    if pid == 0:  # the child: its own client, not the parent's socket
+        os._exit(0 if medium.cache is not parent and medium.get("k") == 1 else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0

@@ -5,7 +5,8 @@
   (:data:`EVICTING_MEMCACHED_ARGS`).
 * :func:`isolated_caches`: a backend on a server of the test's own, like
   ``tests.harness.backends.isolated_backend``, but with client ``OPTIONS``
-  of the test's choosing (pymemcache's failure handling is configured there).
+  of the test's choosing merged over the harness's timeouts, and as several
+  cache aliases at once.
 * :func:`redis_commands_seen`: every command a Redis server ran while a
   block ran, from ``MONITOR``; :func:`memcached_keys`: every key a
   memcached holds.
@@ -48,13 +49,6 @@ EVICTING_MEMCACHED_ARGS = (
     "-I", "64k",
     "-o", "slab_chunk_max=32768,no_lru_maintainer",
 )  # fmt: skip
-
-#: pymemcache options under which a failing server raises every time and a
-#: server that came back is used at once: no retry window in which calls
-#: answer defaults without reaching the server, and no minute-long "dead"
-#: state (``HashClient``'s defaults are ``retry_attempts=2``,
-#: ``retry_timeout=1``, ``dead_timeout=60``). See docs/reliability.rst.
-STRICT_PYMEMCACHE_OPTIONS = {"retry_attempts": 0, "dead_timeout": 0}
 
 
 class TunedMemcachedServer(MemcachedServer):
@@ -229,7 +223,6 @@ def redis_commands_seen(server: RedisServer) -> Iterator[list[list[bytes]]]:
 
 __all__ = [
     "EVICTING_MEMCACHED_ARGS",
-    "STRICT_PYMEMCACHE_OPTIONS",
     "TunedMemcachedServer",
     "isolated_caches",
     "memcached_keys",

@@ -22,7 +22,7 @@ import ast
 import os
 import pathlib
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -38,9 +38,11 @@ from syncache import (
     check_all,
     get_or_create,
 )
+from syncache.dogpile import GEN_SUFFIX
+from syncache.dogpile import NAMESPACE as DOGPILE_NAMESPACE
 from syncache.keys import make_cache_key
 from syncache.medium import get_medium
-from syncache.spinlock import STATE_SUFFIX
+from syncache.synchronizer import fetch_generations
 from tests.harness.backends import Backend
 from tests.harness.servers import RedisServer
 from tests.stress.servers import memcached_keys, redis_commands_seen
@@ -168,7 +170,8 @@ def test_lock_tokens_come_from_secrets(
     assert stored in recorded["token_hex"] and len(stored) == 32
     lock = HashDSpinlock("token-source")
     with lock:
-        state = medium.lock_value(make_cache_key(lock.get_key()) + STATE_SUFFIX)
+        state_key = lock.state_key
+        state = medium.lock_value(state_key)
     kind, _, token = str(state).partition(",")
     assert kind == "computing" and token in recorded["token_hex"]
 
@@ -184,49 +187,67 @@ def test_generations_come_from_secrets(
 
 # -- unpickling --------------------------------------------------------------------
 
-#: Where syncache itself calls a ``loads``/``decode`` that unpickles, with
-#: why (docs/reliability.rst, "Trust boundary"). A new one fails the test
-#: below until it is reviewed and listed.
+#: Where syncache itself calls a ``loads``/``decode``/``deserialize`` that
+#: unpickles, with why (docs/reliability.rst, "Trust boundary"). A new one
+#: fails the test below until it is reviewed and listed.
 KNOWN_UNPICKLERS = {
     # LocMemCache's own dict, in this process: not shared.
     ("medium.py", "LocMemMedium._owned"),
-    # The database cache's lock rows (tokens, fencing counters).
-    ("medium.py", "DatabaseMedium.lock_value"),
-    ("medium.py", "DatabaseMedium.lock_fence"),
-    # Any non-integer value at a key syncache reads on Redis.
+    # User data (get_or_create values, group entries, header lists), decoded
+    # as Django's cache would: Redis, memcached (the cache's own serde, also
+    # for everything read through Django's API), the database cache.
     ("medium.py", "RedisMedium._decode_pickled"),
     ("medium.py", "DjangoRedisMedium._decode_pickled"),
+    ("medium.py", "_Serde.deserialize"),
+    ("medium.py", "MemcachedMedium._decode"),
+    ("medium.py", "DatabaseMedium._select"),
+}
+#: Where syncache unpickles with ``_PlainUnpickler``, which refuses every
+#: class and function: generations, epochs, group versions and lock rows
+#: on the database and file caches.
+PLAIN_UNPICKLERS = {
+    ("medium.py", "_plain_or_opaque"),
+    ("medium.py", "FileMedium._read_generation"),
 }
 
 
-def _unpickling_calls() -> set[tuple[str, str]]:
-    found = set()
+def _unpickling_calls() -> dict[tuple[str, str], set[bool]]:
+    """(file, function) -> whether its unpickling calls are plain ones."""
+    found: dict[tuple[str, str], set[bool]] = {}
     for path in pathlib.Path(syncache.__file__).parent.rglob("*.py"):
         tree = ast.parse(path.read_text())
-        for node in ast.walk(tree):
-            if not isinstance(node, ast.ClassDef):
-                continue
-            for method in node.body:
-                if not isinstance(method, ast.FunctionDef):
+        functions = [
+            (f"{node.name}.{method.name}", method)
+            for node in ast.walk(tree)
+            if isinstance(node, ast.ClassDef)
+            for method in node.body
+            if isinstance(method, ast.FunctionDef)
+        ] + [
+            (node.name, node) for node in tree.body if isinstance(node, ast.FunctionDef)
+        ]
+        for name, function in functions:
+            for call in ast.walk(function):
+                if not (
+                    isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute)
+                ):
                     continue
-                for call in ast.walk(method):
-                    if (
-                        isinstance(call, ast.Call)
-                        and isinstance(call.func, ast.Attribute)
-                        and (
-                            call.func.attr in ("loads", "load")
-                            or (
-                                call.func.attr == "decode"
-                                and "client" in ast.unparse(call.func.value)
-                            )
-                        )
-                    ):
-                        found.add((path.name, f"{node.name}.{method.name}"))
+                target = ast.unparse(call.func.value)
+                if call.func.attr in ("loads", "load", "deserialize") or (
+                    call.func.attr == "decode" and "client" in target
+                ):
+                    plain = "_PlainUnpickler" in target
+                    found.setdefault((path.name, name), set()).add(plain)
     return found
 
 
 def test_syncache_unpickles_only_where_listed() -> None:
-    assert _unpickling_calls() == KNOWN_UNPICKLERS
+    calls = _unpickling_calls()
+    assert {where for where, plain in calls.items() if False in plain} == (
+        KNOWN_UNPICKLERS
+    )
+    assert {where for where, plain in calls.items() if plain == {True}} == (
+        PLAIN_UNPICKLERS
+    )
 
 
 class Poison:
@@ -239,60 +260,15 @@ class Poison:
         return (os.mkdir, (str(self.marker),))
 
 
-DJANGO_UNPICKLES = (
-    "Django's {} cache backend unpickles every value it reads (Django trusts "
-    "its cache), and syncache reads generations through it: a value planted "
-    "at a generation key runs when any process checks it. Trust boundary "
-    "documented in docs/reliability.rst; treating generations as opaque needs "
-    "syncache to read them without Django's deserializer."
-)
+#: Every backend whose medium reads the stored bytes itself.
+SHARED_BACKENDS = ["redis", "django_redis", "memcached", "sqlite", "postgres", "file"]
 
 
-@pytest.mark.parametrize(
-    "backend",
-    [
-        pytest.param(
-            "redis",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason=(
-                    "syncache bug: RedisMedium.decode() passes any value that is "
-                    "not an integer to Django's serializer, which unpickles it: a "
-                    "value planted at a generation key, the epoch or a group "
-                    "version runs in every process that checks it. Comparing the "
-                    "raw bytes would do."
-                ),
-            ),
-        ),
-        *[
-            pytest.param(
-                name,
-                marks=pytest.mark.xfail(
-                    strict=True, reason=DJANGO_UNPICKLES.format(name)
-                ),
-            )
-            for name in ("memcached", "sqlite", "file")
-        ],
-    ],
-    indirect=True,
-)
-def test_a_planted_generation_is_opaque(
-    backend: Backend, fresh_registry: Any, tmp_path: pathlib.Path
-) -> None:
-    """Someone with write access to the cache plants a pickle at the keys
-    syncache reads generations from; syncache must compare it, not run it."""
-    sync = GenerationSynchronizer("planted")
-    local = LocalSyncCache("planted")
-    group = Group("planted", pk=1)
-    group.version()
-    check_all()
-    medium = get_medium()
-    targets = {
-        "generation": (sync.cache_key, sync.is_expired),
-        "local": (local.cache_key, lambda: check_all(force=True)),
-        "epoch": (medium.epoch_key, lambda: check_all(force=True)),
-        "group version": (group.local_key, lambda: group.get("page")),
-    }
+def plant_and_read(
+    targets: dict[str, tuple[str, Callable[[], object]]], tmp_path: pathlib.Path
+) -> list[str]:
+    """Plant a :class:`Poison` at each target's key through Django's API,
+    make the target's read; return the targets whose poison ran."""
     ran = []
     for name, (key, read) in targets.items():
         marker = tmp_path / name.replace(" ", "-")
@@ -300,4 +276,61 @@ def test_a_planted_generation_is_opaque(
         read()
         if marker.exists():
             ran.append(name)
-    assert ran == [], f"planted values were unpickled at: {', '.join(ran)}"
+    return ran
+
+
+@pytest.mark.parametrize("backend", SHARED_BACKENDS, indirect=True)
+def test_a_planted_generation_is_opaque(
+    backend: Backend, fresh_registry: Any, tmp_path: pathlib.Path
+) -> None:
+    """Someone with write access to the cache plants a pickle at the keys
+    syncache reads generations (and lock tokens) from; syncache must compare
+    it, not run it: it is one more generation."""
+    sync = GenerationSynchronizer("planted")
+    local = LocalSyncCache("planted")
+    group = Group("planted", pk=1)
+    group.version()
+    check_all()
+    medium = get_medium()
+    targets: dict[str, tuple[str, Callable[[], object]]] = {
+        "generation": (sync.cache_key, sync.is_expired),
+        "local": (local.cache_key, lambda: check_all(force=True)),
+        "epoch": (medium.epoch_key, lambda: check_all(force=True)),
+        "group version": (group.local_key, group.version),
+    }
+    if medium.capabilities.compare_and_delete:
+        mutex = CacheMutex("planted", timeout=30)
+        targets["lock"] = (
+            mutex.lock_key,
+            lambda: (mutex.locked(), mutex.acquire(wait=False)),
+        )
+    assert plant_and_read(targets, tmp_path) == []
+    assert sync.is_expired(), "a planted value is another generation"
+    sync.refresh()
+    assert not sync.is_expired(), "compared by its bytes: equal to itself"
+    assert medium.get(sync.cache_key) == sync.sync_gen
+
+
+@pytest.mark.parametrize("backend", SHARED_BACKENDS, indirect=True)
+def test_a_planted_generation_is_opaque_in_batched_reads(
+    backend: Backend, fresh_registry: Any, tmp_path: pathlib.Path
+) -> None:
+    sync = GenerationSynchronizer("planted")
+    group = Group("planted", pk=1)
+    group.version()
+    targets: dict[str, tuple[str, Callable[[], object]]] = {
+        "group version, read with an entry": (group.local_key, lambda: group.get("x")),
+        "group versions": (group.local_key, lambda: Group.versions([group])),
+        "fresh generations": (
+            sync.cache_key,
+            lambda: fetch_generations([sync], fresh=True),
+        ),
+    }
+    if get_medium().capabilities.compare_and_delete:  # get_or_create's lock
+        get_or_create("planted", lambda: "value", 60)
+        token = make_cache_key("planted", namespace=DOGPILE_NAMESPACE) + GEN_SUFFIX
+        targets["get_or_create token"] = (
+            token,
+            lambda: get_or_create("planted", str, 60),
+        )
+    assert plant_and_read(targets, tmp_path) == []
