@@ -739,7 +739,11 @@ class _ValueKeys:
 
 
 def _fetch(medium: Medium, keys: _ValueKeys) -> list[Any] | _Failed:
-    return medium.attempt("reading", keys.value, lambda: medium.get_many(keys.all))
+    return medium.attempt(
+        "reading",
+        keys.value,
+        lambda: medium.get_many(keys.all, user_data=(keys.value,)),
+    )
 
 
 def _judge(found: list[Any]) -> tuple[Any, float]:

@@ -511,7 +511,9 @@ class Group:
         found = medium.attempt(
             "reading",
             self.local_key,
-            lambda: medium.get_many([self.local_key, entry_key]),
+            lambda: medium.get_many(
+                [self.local_key, entry_key], user_data=(entry_key,)
+            ),
         )
         if isinstance(found, _Failed):
             return medium, entry_key, found, None
@@ -691,7 +693,9 @@ class _VersionAndHeaderList:
         self.header_list: Any = None
 
     def get(self, key: str, default: Any = None) -> Any:
-        self.version, self.header_list = self.medium.get_many([self.local_key, key])
+        self.version, self.header_list = self.medium.get_many(
+            [self.local_key, key], user_data=(key,)
+        )
         return default if self.header_list is None else self.header_list
 
 

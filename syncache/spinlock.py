@@ -511,6 +511,13 @@ class DSpinlockBase(ABC):
         """Return the key of the lock: the same in every process for the
         same object. syncache's ``KEY_PREFIX`` is added to it."""
 
+    @property
+    def state_key(self) -> str:
+        """The cache key that holds the lock's state (``computing,<token>``
+        or ``computed,<token>``): :meth:`get_key` in syncache's spin lock
+        namespace (see :func:`~syncache.keys.make_cache_key`)."""
+        return self._keys()[0]
+
     def _limits(self) -> tuple[float, float]:
         """Check the class attributes; return the lock's and the computed
         state's lifetimes in seconds."""

@@ -40,9 +40,8 @@ from syncache import (
     SpinlockTriesExceeded,
     fenced_update,
 )
-from syncache.keys import make_cache_key
 from syncache.medium import Medium, get_medium
-from syncache.spinlock import STATE_SUFFIX, RedisParameters, stable_hash
+from syncache.spinlock import RedisParameters, stable_hash
 from tests.models import SiteSetting
 
 #: Waiters that must not give up while a test holds the lock elsewhere.
@@ -61,12 +60,8 @@ class FencedRecord(models.Model):
         app_label = "tests"
 
 
-def state_key(lock: DSpinlockBase) -> str:
-    return make_cache_key(lock.get_key(), namespace="spin") + STATE_SUFFIX
-
-
 def stored(lock: DSpinlockBase) -> Any:
-    return get_medium().lock_value(state_key(lock))
+    return get_medium().lock_value(lock.state_key)
 
 
 def patient(obj: Any, **kwargs: Any) -> HashDSpinlock:
@@ -227,7 +222,7 @@ def test_every_waiter_of_a_computed_state_is_woken(
         waiter.join()
     assert results == [False, False, False]
     assert long_waits == [True, True, True]
-    signals = medium.full_key(state_key(holder) + "!signal")  # type: ignore[attr-defined]
+    signals = medium.full_key(holder.state_key + "!signal")  # type: ignore[attr-defined]
     assert medium.client().llen(signals) <= 1  # type: ignore[attr-defined]
 
 
@@ -276,7 +271,7 @@ def test_a_value_no_lock_wrote_is_an_error(
     lock_backend: Any, write: str, error: type[Exception]
 ) -> None:
     lock = HashDSpinlock("odd")
-    assert get_medium().lock_acquire(state_key(lock), write, 60)
+    assert get_medium().lock_acquire(lock.state_key, write, 60)
     with pytest.raises(error, match="delete_atomic_query_mutex_state"):
         lock.acquire()
     assert lock.delete_atomic_query_mutex_state(), "a value no lock wrote is deleted"
@@ -286,7 +281,7 @@ def test_a_value_no_lock_wrote_is_an_error(
 
 def test_a_value_stored_through_django_is_an_error(lock_backend: Any) -> None:
     lock = HashDSpinlock("odd")
-    caches["default"].set(state_key(lock), 12345)
+    caches["default"].set(lock.state_key, 12345)
     with pytest.raises(InvalidValueEncounteredDuringUnpacking, match="12345"):
         lock.acquire()
 
@@ -310,7 +305,7 @@ class Planted:
 @pytest.mark.parametrize("backend", ["sqlite", "postgres"], indirect=True)
 def test_a_planted_pickle_never_runs(backend: Any) -> None:
     lock = HashDSpinlock("planted")
-    caches["default"].set(state_key(lock), Planted())
+    caches["default"].set(lock.state_key, Planted())
     with pytest.raises(InvalidValueEncounteredDuringUnpacking):
         lock.acquire()
     assert _unpickled == [], "the lock read it without unpickling code"
@@ -329,7 +324,7 @@ def test_delete_atomic_query_mutex_state(lock_backend: Any) -> None:
 def test_a_release_after_expiry_spares_the_new_holder(lock_backend: Any) -> None:
     first = HashDSpinlock("lost")
     first.acquire()
-    get_medium().delete(state_key(first))  # it expired
+    get_medium().delete(first.state_key)  # it expired
     second = HashDSpinlock("lost")
     second.acquire()
     taken = stored(second)
@@ -348,7 +343,7 @@ def test_a_body_error_is_not_hidden_by_a_lost_lock(
     lock_backend: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     with pytest.raises(KeyError), HashDSpinlock("lost-and-failed") as lock:
-        get_medium().delete(state_key(lock))
+        get_medium().delete(lock.state_key)
         raise KeyError("body")
     assert "was lost" in caplog.text and "KeyError" in caplog.text
 
@@ -556,7 +551,7 @@ def test_sess_and_redis_params_keep_the_lock_in_that_redis(
     try:
         with HashDSpinlock("elsewhere", sess=sess) as lock:
             assert lock.acquired
-            raw = sess.get(state_key(lock))
+            raw = sess.get(lock.state_key)
             assert raw is not None and raw.startswith(b"computing,")
             with pytest.raises(FailIfKeyExistsIsEnabled):
                 HashDSpinlock(
@@ -620,7 +615,7 @@ def test_fenced_update_refuses_an_older_holder(lock_backend: Any) -> None:
     rows = FencedRecord.objects.filter(pk=row.pk)
     old = HashDSpinlock("total")
     old.acquire()
-    get_medium().delete(state_key(old))  # it expired; another holder took it
+    get_medium().delete(old.state_key)  # it expired; another holder took it
     with HashDSpinlock("total") as new:
         token = new.fencing_token
         assert fenced_update(rows, token, value=2) == 1
@@ -636,4 +631,4 @@ def test_two_objects_are_two_locks(lock_backend: Any) -> None:
     medium: Medium = get_medium()
     with HashDSpinlock("a") as first, HashDSpinlock("b") as second:
         assert first.acquired and second.acquired
-        assert medium.lock_held(state_key(first))
+        assert medium.lock_held(first.state_key)

@@ -152,7 +152,9 @@ def test_a_holder_killed_mid_creation_is_taken_over(shared_lock_backend: Any) ->
     )
     try:
         assert started.wait(WAIT)
-        assert CacheMutex("orphan", namespace="dogpile").locked(), "the dead holder's lock is still there"
+        assert CacheMutex("orphan", namespace="dogpile").locked(), (
+            "the dead holder's lock is still there"
+        )
         began = time.monotonic()
         value = get_or_create("orphan", lambda: "rescued", 60, lock_timeout=1)
         waited = time.monotonic() - began

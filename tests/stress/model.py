@@ -57,13 +57,6 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 APIS = ("local", "sync", "group", "dogpile")
-#: APIs with a known syncache bug that makes stale reads possible: their
-#: stale reads are reported in the figures, not asserted, until the fix
-#: lands (then remove the entry). Each bug is shown deterministically by the
-#: strict xfail test named here.
-KNOWN_BUGS: dict[str, str] = {}
-#: The APIs whose stale reads fail the tests.
-CHECKED_APIS = tuple(api for api in APIS if api not in KNOWN_BUGS)
 #: APIs whose checks skip the cache read in push mode.
 PUSH_APIS = frozenset({"local", "sync"})
 #: LocalSyncCache instances per process (objects are spread over them).
@@ -523,20 +516,10 @@ class Verdict:
     def operations(self) -> int:
         return self.reads + self.updates
 
-    def stale_count(
-        self,
-        *,
-        apis: Iterable[str] | None = None,
-        phases: Iterable[int] | None = None,
-    ) -> int:
-        wanted_apis = None if apis is None else set(apis)
-        wanted_phases = None if phases is None else set(phases)
-        return sum(
-            1
-            for read, _ in self.stale
-            if (wanted_apis is None or read.api in wanted_apis)
-            and (wanted_phases is None or read.phase in wanted_phases)
-        )
+    def stale_count(self, *, phases: Iterable[int]) -> int:
+        """Stale reads made in ``phases``."""
+        wanted = set(phases)
+        return sum(1 for read, _ in self.stale if read.phase in wanted)
 
     def describe(self, limit: int = 8) -> str:
         lines = [
@@ -679,8 +662,6 @@ def recovery(
 
 __all__ = [
     "APIS",
-    "CHECKED_APIS",
-    "KNOWN_BUGS",
     "STOP",
     "Op",
     "Plan",

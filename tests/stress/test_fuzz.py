@@ -51,7 +51,6 @@ from syncache.dogpile import (
 from syncache.dogpile import NAMESPACE as DOGPILE
 from syncache.groups import get_local_key, normalize_value
 from syncache.medium import get_medium
-from syncache.spinlock import STATE_SUFFIX
 from tests.harness.backends import Backend
 from tests.stress.report import Figure, record
 from tests.stress.sizes import FULL, FUZZ_EXAMPLES
@@ -475,7 +474,7 @@ def test_spin_lock_objects(strict: Backend) -> None:
         )
         if not ok:
             return
-        key = make_cache_key(lock.get_key(), namespace="spin") + STATE_SUFFIX
+        key = lock.state_key
         # Objects that compare equal share a lock (1, 1.0, True...), and
         # only they do. (NaN is not equal to itself, yet one lock.)
         for other, other_key in seen:

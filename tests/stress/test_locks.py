@@ -39,9 +39,7 @@ from syncache import (
     InvalidMutexReleaseEncountered,
     fenced_update,
 )
-from syncache.keys import make_cache_key
 from syncache.medium import get_medium
-from syncache.spinlock import STATE_SUFFIX
 from tests.harness.backends import (
     BackendRegistry,
     BackendUnavailable,
@@ -138,7 +136,7 @@ def _held_value(kind: str, alias: str, lock: Any) -> Any:
     medium = get_medium(alias)
     if kind == "CacheMutex":
         return medium.lock_value(lock.lock_key)
-    return medium.lock_value(make_cache_key(lock.get_key()) + STATE_SUFFIX)
+    return medium.lock_value(lock.state_key)
 
 
 def paused_holder(
@@ -187,7 +185,8 @@ def next_holder(index: int, start: Any, holding: Any, release: Any) -> dict[str,
     assert release.wait(WAIT)
     for (kind, alias), lock in locks.items():
         entry = outcome[f"{kind}:{alias}"]
-        entry["intact"] = _held_value(kind, alias, lock) == entry.pop("value")
+        value = entry.pop("value")
+        entry["intact"] = value is not None and _held_value(kind, alias, lock) == value
     for (kind, _), lock in locks.items():
         if kind == "CacheMutex":
             assert lock.release(), "the next holder's release"

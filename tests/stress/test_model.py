@@ -21,8 +21,6 @@ from tests.harness.backends import Backend
 from tests.harness.workers import ctx, make_event, start_processes
 from tests.stress.model import (
     APIS,
-    CHECKED_APIS,
-    KNOWN_BUGS,
     Op,
     Plan,
     Shared,
@@ -159,13 +157,9 @@ def _assert_and_record(
     scenario: str, backend_name: str, results: list[dict[str, Any]], verdict: Any
 ) -> None:
     exceptions = sum(r["exception_count"] for r in results)
-    known = {api: verdict.stale_count(apis=[api]) for api in KNOWN_BUGS}
     notes = [f"{verdict.committed:,} committed updates"]
     if verdict.unrecorded_stale:
         notes.append(f"{verdict.unrecorded_stale} reads behind unrecorded changes")
-    notes += [
-        f"{count} stale via {api} (known bug)" for api, count in known.items() if count
-    ]
     record(
         Figure(
             scenario=scenario,
@@ -180,7 +174,7 @@ def _assert_and_record(
     )
     tracebacks = [t for r in results for t in r["exceptions"]]
     assert exceptions == 0, "\n".join(tracebacks[:3])
-    assert verdict.stale_count(apis=CHECKED_APIS) == 0, verdict.describe()
+    assert verdict.stale == [], verdict.describe()
     assert verdict.operations == WORKERS * MODEL_OPS
 
 
