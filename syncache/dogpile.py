@@ -33,6 +33,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import numbers
 import pickle
 import random
 import secrets
@@ -352,16 +353,17 @@ def check_lock_timeout(what: str, seconds: object) -> float:
     Raises:
         ValueError: it is not (``what`` names it in the message).
     """
-    if (
-        isinstance(seconds, bool)
-        or not isinstance(seconds, (int, float))
-        or not 0 < seconds <= MAX_LOCK_TIMEOUT
-    ):
+    value = (
+        float(seconds)
+        if isinstance(seconds, numbers.Real) and not isinstance(seconds, bool)
+        else math.nan
+    )
+    if not 0 < value <= MAX_LOCK_TIMEOUT:
         raise ValueError(
             f"{what} must be a number of seconds > 0 and at most "
             f"{MAX_LOCK_TIMEOUT:.0f} (30 days), not {seconds!r}."
         )
-    return float(seconds)
+    return value
 
 
 class CacheMutex:
@@ -416,12 +418,11 @@ class CacheMutex:
         cache_alias: str | None = None,
         namespace: str | None = None,
     ) -> None:
-        check_lock_timeout("A lock timeout", timeout)
         base = make_cache_key(key, namespace=namespace)
         self.key = key
         self.lock_key = base + LOCK_SUFFIX
         self.fence_key = base + FENCE_SUFFIX
-        self.timeout = float(timeout)
+        self.timeout = check_lock_timeout("A lock timeout", timeout)
         self.cache_alias = cache_alias
         #: The fencing token of the current acquisition (None when not held,
         #: when degraded, or when the counter could not be written).
@@ -746,6 +747,14 @@ def _fetch(medium: Medium, keys: _ValueKeys) -> list[Any] | _Failed:
     )
 
 
+def _fetch_tokens(medium: Medium, keys: _ValueKeys) -> list[Any] | _Failed:
+    """``[None, None, gen, hard]``: the tokens without the value."""
+    found = medium.attempt(
+        "reading", keys.gen, lambda: medium.get_many([keys.gen, keys.hard])
+    )
+    return found if isinstance(found, _Failed) else [None, None, *found]
+
+
 def _judge(found: list[Any]) -> tuple[Any, float]:
     """``(value, createdtime)`` from what :func:`_fetch` read, or raise
     :class:`NeedRegenerationException` when there is no usable value."""
@@ -839,13 +848,17 @@ def _store(
         value_key,
         lambda: medium.set_with_timeout(value_key, wrapped, value_timeout),
     )
+    fresh_key = keys.fresh
     if fresh_timeout is None or fresh_timeout > 0:
-        fresh_key = keys.fresh
         medium.attempt(
             "storing",
             fresh_key,
             lambda: medium.set_with_timeout(fresh_key, 1, fresh_timeout),
         )
+    else:
+        # Stale from the start (XFetch's gap ate all of expiretime): an
+        # older marker must not make it fresh.
+        medium.attempt("storing", fresh_key, lambda: medium.delete(fresh_key))
 
 
 def _check_beta(beta: float) -> None:
@@ -913,6 +926,7 @@ def get_or_create(
         The value.
 
     Raises:
+        ValueError: ``key`` or ``lock_timeout`` is not valid.
         UnpicklableValue: the created value cannot be stored.
         LockNotSupported: the backend cannot hold a lock (file cache).
         Exception: whatever ``creator`` raised, in the caller that ran it;
@@ -935,7 +949,6 @@ def get_or_create(
         # The tokens are read before the creator reads the source (see
         # _ValueKeys), under the lock, with the value: one round trip.
         found = _fetch(medium, keys)
-        tokens = None
         if isinstance(found, list):
             try:
                 value, createdtime = _judge(found)
@@ -944,7 +957,11 @@ def get_or_create(
             else:
                 if createdtime == math.inf:
                     return value, createdtime
-            tokens = _tokens(medium, keys, found)
+        else:
+            # What failed may be the value alone (a pickle of a class since
+            # renamed): with the tokens, read opaque, a new value replaces it.
+            found = _fetch_tokens(medium, keys)
+        tokens = _tokens(medium, keys, found) if isinstance(found, list) else None
         started = time.monotonic()
         value = creator()
         early = early_expiry(time.monotonic() - started, beta)
@@ -967,7 +984,9 @@ def invalidate(
     Once it returns, no caller in any process gets the value as fresh
     again, including a value whose creator is still running (it read the
     source before this call, perhaps): the next caller to take the lock
-    recomputes it.
+    recomputes it. Unless the backend failed: the failure is logged (with
+    ``FAILURE_POLICY = "raise"``, raised), and the old value may be fresh
+    again once the backend is back.
 
     Args:
         key: The key given to :func:`get_or_create`.

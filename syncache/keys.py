@@ -106,7 +106,10 @@ def make_cache_key(
     if len(encoded) <= max_length:
         return encoded
     digest = hashlib.sha256(encoded.encode("ascii")).hexdigest()
-    head_length = min(_HASHED_HEAD_LENGTH, max_length - len(digest) - 1)
+    # The head keeps the whole prefix (and namespace) readable, when it fits.
+    head_length = min(
+        max(_HASHED_HEAD_LENGTH, len(prefix) + 1), max_length - len(digest) - 1
+    )
     if head_length < len(prefix) + 1:
         raise ValueError(
             f"max_length={max_length} leaves no room for the prefix "

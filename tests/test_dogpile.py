@@ -708,3 +708,38 @@ def test_a_database_cache_lock_inside_its_transaction_is_refused(
     assert not mutex.locked()
     assert mutex.acquire(wait=False), "outside the transaction it works"
     mutex.release()
+
+
+def _refuse_to_load() -> None:
+    raise RuntimeError("this value cannot be loaded any more")
+
+
+class _Unloadable:
+    """Pickles fine; unpickling fails (as a class renamed since it was
+    stored does)."""
+
+    def __reduce__(self) -> Any:
+        return (_refuse_to_load, ())
+
+
+def test_an_undecodable_value_is_replaced(lock_backend: Any) -> None:
+    from django.core.cache import caches
+
+    from syncache import dogpile
+
+    get_or_create("k", Counter("old"), None)
+    caches["default"].set(dogpile._ValueKeys.of("k").value, _Unloadable(), None)
+    creator = Counter("new")
+    assert get_or_create("k", creator, None) == "new"
+    assert get_or_create("k", creator, None) == "new"
+    assert creator.calls == 1, "stored over the value that could not be read"
+
+
+def test_a_value_stale_from_the_start_is_not_made_fresh_by_an_old_marker(
+    lock_backend: Any,
+) -> None:
+    assert get_or_create("x", _slow_creator("v1"), 600) == "v1"
+    invalidate("x")
+    # beta: XFetch's gap eats the 600 s, so v2 is stored stale at once.
+    assert get_or_create("x", _slow_creator("v2"), 600, beta=1e12) == "v2"
+    assert get_or_create("x", _slow_creator("v3"), 600, beta=1e12) == "v3"

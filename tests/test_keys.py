@@ -89,3 +89,19 @@ def test_bad_keys_get_clear_errors(key: object, error: type, message: str) -> No
 def test_max_length_too_small_for_hash() -> None:
     with pytest.raises(ValueError, match="leaves no room"):
         make_cache_key("x" * 100, max_length=50)
+
+
+def test_namespaces_never_meet() -> None:
+    plain = make_cache_key("x", prefix="p")
+    spaced = make_cache_key("x", prefix="p", namespace="dogpile")
+    assert (plain, spaced) == ("p:x", "p!dogpile:x")
+
+
+def test_the_longest_prefix_and_a_namespace_still_hash_long_keys() -> None:
+    """40 characters of KEY_PREFIX plus "!dogpile" are longer than the
+    readable head of a hashed key: the head grows to keep them."""
+    prefix = "p" * 40
+    key = make_cache_key("x" * 300, prefix=prefix, namespace="dogpile")
+    assert key.startswith(prefix + "!dogpile:")
+    assert len(key) <= DEFAULT_MAX_LENGTH
+    assert key != make_cache_key("x" * 301, prefix=prefix, namespace="dogpile")
