@@ -24,6 +24,7 @@ cheaper workers for local iterations (see ``tests/harness/workers.py``).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import warnings
@@ -42,15 +43,23 @@ from tests.harness.backends import (
     ATOMIC_ADD,
     BACKEND_NAMES,
     CACHE_ALIASES,
+    LOCK_CACHE_ALIASES,
     SHARED_BACKEND_NAMES,
     Backend,
     BackendRegistry,
     BackendUnavailable,
     activate_backend,
+    cache_config,
     isolated_backend,
+    new_key_prefix,
     skip_or_fail,
 )
-from tests.harness.servers import MemcachedServer, PostgresDatabase, RedisServer
+from tests.harness.servers import (
+    MemcachedServer,
+    PostgresDatabase,
+    RedisServer,
+    ServerStartError,
+)
 from tests.harness.workers import has_active_groups, terminate_active_groups
 
 _BACKEND_FIXTURES = ("backend", "shared_backend", "lock_backend", "shared_lock_backend")
@@ -131,6 +140,41 @@ shared_lock_backend = _backend_fixture(
     [name for name in SHARED_BACKEND_NAMES if name in ATOMIC_ADD],
     "The backends other processes can see that can hold a lock.",
 )
+
+
+@pytest.fixture
+def lock_caches(
+    syncache_backends: BackendRegistry, django_db_blocker: DjangoDbBlocker
+) -> Iterator[tuple[str, ...]]:
+    """CACHES with one alias per backend in LOCK_CACHE_ALIASES, on the
+    session's servers and database-cache tables, and a KEY_PREFIX unique to
+    the test."""
+    from django.core.cache import caches
+    from django.test import override_settings
+
+    key_prefix = new_key_prefix()
+    configs = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+    for name in LOCK_CACHE_ALIASES:
+        reason = None
+        try:
+            server, _ = syncache_backends.resources_for(name)
+            if server is not None and not server.is_running:
+                server.start()  # an earlier test stopped the shared server
+        except (BackendUnavailable, ServerStartError) as error:
+            reason = str(error)
+        if reason is not None:
+            skip_or_fail(name, reason)
+        configs[name] = cache_config(name, key_prefix=key_prefix, server=server)
+    with (
+        django_db_blocker.unblock(),
+        override_settings(CACHES=configs, SYNCACHE={"KEY_PREFIX": key_prefix}),
+    ):
+        try:
+            yield LOCK_CACHE_ALIASES
+        finally:
+            for name in LOCK_CACHE_ALIASES:
+                with contextlib.suppress(Exception):
+                    caches[name].clear()
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ import contextlib
 import json
 import os
 import secrets
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
@@ -59,6 +59,10 @@ BACKEND_NAMES = (
 SHARED_BACKEND_NAMES = tuple(name for name in BACKEND_NAMES if name != "locmem")
 ATOMIC_INCR = frozenset({"locmem", "redis", "django_redis", "memcached"})
 ATOMIC_ADD = frozenset(BACKEND_NAMES) - {"file"}
+#: The lock backends that multi-process lock tests use all at once, one
+#: cache alias each (the ``lock_caches`` fixture): one of every kind of lock
+#: primitive (Lua, cas, conditional SQL on SQLite and PostgreSQL).
+LOCK_CACHE_ALIASES = ("redis", "memcached", "sqlite", "postgres")
 
 #: DatabaseCache table suffix -> database alias (see CacheRouter).
 CACHE_TABLE_ALIASES = {"_pg": "cache_pg", "_sqlite": "cache_sqlite"}
@@ -495,18 +499,27 @@ def activate_backend(
 
 
 @contextlib.contextmanager
-def isolated_backend(name: str) -> Iterator[Backend]:
-    """A backend on a server of its own, with short client timeouts, for a
-    test that stops the server (outage and recovery)."""
+def isolated_backend(
+    name: str,
+    *,
+    options: dict[str, Any] | None = None,
+    server: ManagedServer | None = None,
+    aliases: Sequence[str] = ("default",),
+) -> Iterator[Backend]:
+    """Backend ``name`` (redis or memcached) on a server of its own, with
+    short client timeouts, for a test that stops the server (outage and
+    recovery): every cache alias in ``aliases``, with client ``options``
+    merged over the harness's, and a KEY_PREFIX unique to the test. The
+    server (default: a new one) is stopped at the end."""
     from django.test import override_settings
 
-    server: ManagedServer
-    if name == "redis":
-        server = RedisServer()
-    elif name == "memcached":
-        server = MemcachedServer()
-    else:
-        raise ValueError(f"no isolated variant of backend {name!r}")
+    if server is None:
+        if name == "redis":
+            server = RedisServer()
+        elif name == "memcached":
+            server = MemcachedServer()
+        else:
+            raise ValueError(f"no isolated variant of backend {name!r}")
     try:
         server.start()
     except ServerStartError as exc:
@@ -517,11 +530,11 @@ def isolated_backend(name: str) -> Iterator[Backend]:
         server.close()
         skip_or_fail(name, reason)
     key_prefix = new_key_prefix()
-    caches_setting = {
-        "default": cache_config(
-            name, key_prefix=key_prefix, server=server, timeout=OUTAGE_TIMEOUT
-        )
-    }
+    config = cache_config(
+        name, key_prefix=key_prefix, server=server, timeout=OUTAGE_TIMEOUT
+    )
+    config["OPTIONS"] = {**config.get("OPTIONS", {}), **(options or {})}
+    caches_setting = {alias: dict(config) for alias in aliases}
     try:
         with override_settings(
             CACHES=caches_setting, SYNCACHE={"KEY_PREFIX": key_prefix}

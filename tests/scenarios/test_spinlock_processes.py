@@ -15,14 +15,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import itertools
 import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,13 +28,8 @@ import pytest
 
 from syncache import FailIfKeyExistsIsEnabled, HashDSpinlock
 from tests.harness.backends import (
-    BackendRegistry,
-    BackendUnavailable,
-    cache_config,
-    new_key_prefix,
-    skip_or_fail,
+    LOCK_CACHE_ALIASES,
 )
-from tests.harness.servers import ServerStartError
 from tests.harness.workers import (
     PROJECT_ROOT,
     WorkerError,
@@ -54,44 +47,10 @@ WAIT = 60.0
 #: The backends, each as a cache alias of its own name: one group of workers
 #: goes through all of them (spawning 16 interpreters costs more than the
 #: 800 acquisitions on a backend).
-BACKENDS = ("redis", "memcached", "sqlite", "postgres")
+BACKENDS = LOCK_CACHE_ALIASES
 #: The longest pause of a waiter. Redis wakes waiters by signal, so long
 #: pauses cost nothing there; elsewhere waiters poll.
 PAUSES = {"redis": 0.5, "memcached": 0.05, "sqlite": 0.05, "postgres": 0.05}
-
-
-@pytest.fixture
-def lock_caches(
-    syncache_backends: BackendRegistry, django_db_blocker: Any
-) -> Iterator[tuple[str, ...]]:
-    """CACHES with one alias per backend in BACKENDS, on the session's
-    servers and database-cache tables, and a KEY_PREFIX unique to the test."""
-    from django.core.cache import caches
-    from django.test import override_settings
-
-    key_prefix = new_key_prefix()
-    configs = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
-    for name in BACKENDS:
-        reason = None
-        try:
-            server, _ = syncache_backends.resources_for(name)
-            if server is not None and not server.is_running:
-                server.start()  # an earlier test stopped the shared server
-        except (BackendUnavailable, ServerStartError) as error:
-            reason = str(error)
-        if reason is not None:
-            skip_or_fail(name, reason)
-        configs[name] = cache_config(name, key_prefix=key_prefix, server=server)
-    with (
-        django_db_blocker.unblock(),
-        override_settings(CACHES=configs, SYNCACHE={"KEY_PREFIX": key_prefix}),
-    ):
-        try:
-            yield BACKENDS
-        finally:
-            for name in BACKENDS:
-                with contextlib.suppress(Exception):
-                    caches[name].clear()
 
 
 class BodyFailed(Exception):

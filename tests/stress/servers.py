@@ -3,10 +3,6 @@
 * :class:`TunedMemcachedServer`: a memcached with extra command-line
   arguments, such as the tiny one that evicts constantly
   (:data:`EVICTING_MEMCACHED_ARGS`).
-* :func:`isolated_caches`: a backend on a server of the test's own, like
-  ``tests.harness.backends.isolated_backend``, but with client ``OPTIONS``
-  of the test's choosing merged over the harness's timeouts, and as several
-  cache aliases at once.
 * :func:`redis_commands_seen`: every command a Redis server ran while a
   block ran, from ``MONITOR``; :func:`memcached_keys`: every key a
   memcached holds.
@@ -21,21 +17,12 @@ import secrets
 import signal
 import socket
 from collections.abc import Iterator, Sequence
-from typing import Any
 
-from tests.harness.backends import (
-    OUTAGE_TIMEOUT,
-    Backend,
-    cache_config,
-    new_key_prefix,
-    skip_or_fail,
-)
 from tests.harness.servers import (
     LOOPBACK,
     ManagedServer,
     MemcachedServer,
     RedisServer,
-    ServerStartError,
 )
 
 #: memcached in 1 MB, every item (generation keys included) in one slab
@@ -115,53 +102,6 @@ def resume(server: ManagedServer) -> None:
         os.kill(pid, signal.SIGCONT)
 
 
-@contextlib.contextmanager
-def isolated_caches(
-    name: str,
-    *,
-    options: dict[str, Any] | None = None,
-    server: ManagedServer | None = None,
-    timeout: float = OUTAGE_TIMEOUT,
-    aliases: Sequence[str] = ("default",),
-) -> Iterator[Backend]:
-    """Backend ``name`` (redis or memcached) on a server of its own as
-    every cache alias in ``aliases``, with client ``options`` merged over
-    the harness's, and a KEY_PREFIX unique to the test. The server is
-    stopped at the end."""
-    from django.test import override_settings
-
-    if server is None:
-        server = RedisServer() if name == "redis" else MemcachedServer()
-    try:
-        server.start()
-    except ServerStartError as exc:
-        reason: str | None = str(exc)
-    else:
-        reason = None
-    if reason is not None:
-        server.close()
-        skip_or_fail(name, reason)
-    key_prefix = new_key_prefix()
-    config = cache_config(name, key_prefix=key_prefix, server=server, timeout=timeout)
-    config["OPTIONS"] = {**config.get("OPTIONS", {}), **(options or {})}
-    caches_setting = {alias: dict(config) for alias in aliases}
-    try:
-        with override_settings(
-            CACHES=caches_setting, SYNCACHE={"KEY_PREFIX": key_prefix}
-        ):
-            yield Backend(
-                name=name,
-                caches=caches_setting,
-                key_prefix=key_prefix,
-                atomic_incr=True,
-                atomic_add=True,
-                cross_process=True,
-                server=server,
-            )
-    finally:
-        server.close()
-
-
 _MONITOR_ARG = re.compile(rb'"((?:[^"\\]|\\.)*)"')
 _MONITOR_ESCAPES = {b"n": b"\n", b"r": b"\r", b"t": b"\t", b"a": b"\a", b"b": b"\b"}
 
@@ -224,7 +164,6 @@ def redis_commands_seen(server: RedisServer) -> Iterator[list[list[bytes]]]:
 __all__ = [
     "EVICTING_MEMCACHED_ARGS",
     "TunedMemcachedServer",
-    "isolated_caches",
     "memcached_keys",
     "pause",
     "redis_commands_seen",

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 import pytest
 
 from syncache import GenerationSynchronizer
-from tests.harness.backends import OUTAGE_TIMEOUT, Backend
+from tests.harness.backends import OUTAGE_TIMEOUT, Backend, isolated_backend
 from tests.harness.servers import LOOPBACK, ManagedServer, RedisServer
 from tests.stress.model import (
     STOP,
@@ -54,7 +54,6 @@ from tests.stress.report import Figure, record
 from tests.stress.servers import (
     EVICTING_MEMCACHED_ARGS,
     TunedMemcachedServer,
-    isolated_caches,
     pause,
     resume,
 )
@@ -86,7 +85,7 @@ LOCK_ROUNDING = 2.0
 @pytest.fixture(params=["redis", "memcached"])
 def faulty(request: pytest.FixtureRequest) -> Iterator[Backend]:
     """A server of the test's own, which it kills, pauses and flushes."""
-    with isolated_caches(request.param) as backend:
+    with isolated_backend(request.param) as backend:
         yield backend
 
 
@@ -223,7 +222,7 @@ def test_memcached_evicting_generation_keys() -> None:
     and the epoch included) are evicted all the time. Missing means
     expired: no stale read."""
     server = TunedMemcachedServer(EVICTING_MEMCACHED_ARGS)
-    with isolated_caches("memcached", server=server) as backend:
+    with isolated_backend("memcached", server=server) as backend:
         plan = Plan(objects=OBJECTS, ops=EVICTION_OPS, fillers=FILLERS, seed=4)
         _, barrier, group = start_model(
             plan, WORKERS, backend.settings_overrides, timeout=RUN_TIMEOUT
@@ -270,7 +269,7 @@ def test_memcached_bump_after_a_timeout_is_not_lost() -> None:
     """After a call timed out on a paused server, a bump either reaches the
     server or reports its failure (``sync_gen is None``), even though the
     alias's own client would answer defaults for ten minutes."""
-    with isolated_caches(
+    with isolated_backend(
         "memcached", options={"retry_timeout": 600}, aliases=("default", "observer")
     ) as backend:
         server = backend.server
@@ -293,7 +292,7 @@ def test_memcached_bump_after_a_timeout_is_not_lost() -> None:
 def test_memcached_recovers_at_the_first_check() -> None:
     """An outage that makes the alias's own client give the server up for a
     minute: syncache uses the server again at its first check."""
-    with isolated_caches("memcached", options={"retry_timeout": 0}) as backend:
+    with isolated_backend("memcached", options={"retry_timeout": 0}) as backend:
         server = backend.server
         assert server is not None
         sync = GenerationSynchronizer("dead")

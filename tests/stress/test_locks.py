@@ -22,12 +22,10 @@ is the lock's own expiry.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import os
 import signal
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -41,17 +39,12 @@ from syncache import (
 )
 from syncache.medium import get_medium
 from tests.harness.backends import (
-    BackendRegistry,
-    BackendUnavailable,
-    cache_config,
-    new_key_prefix,
-    skip_or_fail,
+    LOCK_CACHE_ALIASES,
 )
-from tests.harness.servers import ServerStartError
 from tests.harness.workers import make_event, make_queue, start_processes
 from tests.stress.report import Figure, record
 
-BACKENDS = ("redis", "memcached", "sqlite", "postgres")
+BACKENDS = LOCK_CACHE_ALIASES
 KINDS = ("CacheMutex", "HashDSpinlock")
 #: Seconds each lock lasts (memcached and the database cache's CacheMutex
 #: round up to whole seconds, plus one).
@@ -76,40 +69,6 @@ class ShortSpinlock(HashDSpinlock):
     max_block_time = dt.timedelta(seconds=EXPIRY)
     max_spinlock_tries = 1_000_000
     spinlock_sleep_thresh = 0.05
-
-
-@pytest.fixture
-def lock_caches(
-    syncache_backends: BackendRegistry, django_db_blocker: Any
-) -> Iterator[tuple[str, ...]]:
-    """CACHES with one alias per backend in BACKENDS (the session's servers
-    and tables) and a KEY_PREFIX unique to the test."""
-    from django.core.cache import caches
-    from django.test import override_settings
-
-    key_prefix = new_key_prefix()
-    configs = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
-    for name in BACKENDS:
-        reason = None
-        try:
-            server, _ = syncache_backends.resources_for(name)
-            if server is not None and not server.is_running:
-                server.start()
-        except (BackendUnavailable, ServerStartError) as error:
-            reason = str(error)
-        if reason is not None:
-            skip_or_fail(name, reason)
-        configs[name] = cache_config(name, key_prefix=key_prefix, server=server)
-    with (
-        django_db_blocker.unblock(),
-        override_settings(CACHES=configs, SYNCACHE={"KEY_PREFIX": key_prefix}),
-    ):
-        try:
-            yield BACKENDS
-        finally:
-            for name in BACKENDS:
-                with contextlib.suppress(Exception):
-                    caches[name].clear()
 
 
 def _lock(kind: str, alias: str) -> Any:
