@@ -130,7 +130,7 @@ def _stale_round_trips() -> tuple[int, float, float]:
     invalidate(KEY, hard=True)
     get_or_create(KEY, lambda: "old", 60)
     invalidate(KEY)
-    holder = CacheMutex(KEY, timeout=60)
+    holder = CacheMutex(KEY, timeout=60, namespace="dogpile")
     assert holder.acquire(wait=False)
     try:
 
